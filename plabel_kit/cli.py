@@ -1,0 +1,463 @@
+"""The ``plabel`` command line. Runtime failures: one line, exit code 1."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import PlabelError
+from .interfaces import KINDS
+from .registry import KIND_TITLES, did_you_mean
+
+
+class PlabelGroup(click.Group):
+    """Turns PlabelError into a one-line ClickException."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PlabelError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+# ---- options defined once ------------------------------------------------------------
+
+def data_options(f):
+    f = click.option("--split", default=None, help="Split of a VOC root (default train).")(f)
+    return click.option("--data", "data", required=True, type=click.Path(),
+                        help="CSV index file or VOC 2012 root folder.")(f)
+
+
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Component parameter, repeatable (see `plabel components`).")
+out_option = click.option("--out", required=True, type=click.Path(file_okay=False),
+                          help="Label set folder to write (resumes if it exists).")
+
+
+def parse_overrides(values) -> dict:
+    params = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        params[key.strip()] = value
+    return params
+
+
+def _dataset(data, split):
+    from .datasets import open_dataset
+
+    return open_dataset(data, split)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _quiet() -> bool:
+    from .progress import quiet
+
+    return quiet()
+
+
+# ---- root ----------------------------------------------------------------------------
+
+@click.group(cls=PlabelGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="plabel")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def cli(quiet):
+    """plabel: pseudo labels for weakly supervised semantic segmentation.
+
+    \b
+    Try it:
+      plabel synth scenes /tmp/scenes --n 40
+      plabel source whole_image --data /tmp/scenes/index.csv --out /tmp/ls_whole
+      plabel evaluate --data /tmp/scenes/index.csv --labels /tmp/ls_whole
+    """
+    if quiet:
+        os.environ["PLABEL_QUIET"] = "1"
+
+
+# ---- synthetic data ------------------------------------------------------------------
+
+@cli.group(cls=PlabelGroup)
+def synth():
+    """Generate synthetic datasets with exact masks (deterministic)."""
+
+
+def synth_options(default_n):
+    def decorate(f):
+        f = click.option("--seed", default=0, show_default=True, help="Random seed.")(f)
+        f = click.option("--size", default=128, show_default=True, help="Image side in pixels.")(f)
+        f = click.option("--n", default=default_n, show_default=True, help="Number of images.")(f)
+        return click.argument("out", type=click.Path(file_okay=False))(f)
+
+    return decorate
+
+
+@synth.command("scenes")
+@synth_options(200)
+def synth_scenes(out, n, size, seed):
+    """Multi-class scenes of textured shapes: OUT/index.csv, classes.json, images/, masks/.
+
+    Example: plabel synth scenes /tmp/scenes --n 60
+    """
+    from .synth import make_scenes
+
+    index = make_scenes(out, n=n, size=size, seed=seed, progress=not _quiet())
+    click.echo(f"wrote {n} scenes: {index}")
+
+
+@synth.command("evolving")
+@synth_options(300)
+def synth_evolving(out, n, size, seed):
+    """Subjects photographed over many days while they change (subject, time, view columns).
+
+    Example: plabel synth evolving /tmp/e --n 60
+    """
+    from .synth import make_evolving
+
+    index = make_evolving(out, n=n, size=size, seed=seed, progress=not _quiet())
+    click.echo(f"wrote {n} evolving images: {index}")
+
+
+# ---- data ----------------------------------------------------------------------------
+
+@cli.command()
+@data_options
+def check(data, split):
+    """Decode every image and mask of a dataset; report the first problem.
+
+    Example: plabel check --data /tmp/scenes/index.csv
+    """
+    dataset = _dataset(data, split)
+    dataset.validate(progress=not _quiet())
+    click.echo(f"ok: {dataset.describe()}")
+
+
+@cli.command()
+@data_options
+@click.option("--labels", "label_sets", required=True, multiple=True, type=click.Path(),
+              help="Label set folder; repeat to compare several.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
+@click.option("--sweep", is_flag=True, help="Also sweep background thresholds 0.05..0.80 over score maps.")
+def evaluate(data, split, label_sets, json_path, sweep):
+    """Per-class IoU, mIoU, fwIoU, precision and recall of label sets against ground truth.
+
+    Example: plabel evaluate --data /tmp/scenes/index.csv --labels /tmp/ls_whole --sweep
+    """
+    from .evaluation import evaluate as run_evaluation, render_table
+    from .labelset import LabelSet
+
+    dataset = _dataset(data, split)
+    console = _console()
+    results = []
+    for path in label_sets:
+        result = run_evaluation(dataset, LabelSet(path), sweep=sweep, progress=not _quiet())
+        results.append(result)
+        console.print(render_table(result))
+        if result["missing_labels"]:
+            console.print(f"[yellow]{len(result['missing_labels'])} image(s) have no label in "
+                          f"{path} and were left out[/yellow]")
+        if sweep:
+            s = result["sweep"]
+            console.print(f"best background threshold {s['best_threshold']:.2f}: "
+                          f"mIoU {100 * s['best_miou']:.2f}")
+    if json_path:
+        payload = results[0] if len(results) == 1 else results
+        Path(json_path).write_text(json.dumps(payload, indent=2))
+
+
+@cli.command("import")
+@click.argument("fmt", type=click.Choice(["irn", "puzzle", "psa"]))
+@click.argument("src", type=click.Path(file_okay=False))
+@data_options
+@out_option
+@click.option("--threshold", type=float, default=None,
+              help="Background threshold for score maps without a background plane (default 0.15).")
+def import_(fmt, src, data, split, out, threshold):
+    """Import another implementation's .npy score files (IRN, Puzzle-CAM/PNOC/CSRM, PSA).
+
+    Example: plabel import irn irn/result/cam --data VOC2012 --split train --out ls_irn
+    """
+    from .importers import import_scores
+
+    dataset = _dataset(data, split)
+    result = import_scores(fmt, src, dataset, out, threshold=threshold, progress=not _quiet())
+    click.echo(f"imported {result['imported']} of {len(dataset)} images into {out}")
+    if result["missing"]:
+        click.echo(f"{len(result['missing'])} image(s) had no {fmt} file in {src}, e.g. "
+                   f"{result['missing'][0]}", err=True)
+
+
+# ---- plugins and components ----------------------------------------------------------
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json):
+    """List loaded plugins, their packages and versions, and what each registers."""
+    from .plugins import get_plugins
+
+    loaded = get_plugins()
+    loaded.registry  # fills each plugin's component list
+    rows = [{"name": i.name, "package": i.package, "version": i.version, "hooks": i.hooks,
+             "components": i.components} for i in loaded.info.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="plabel plugins")
+    for column in ("plugin", "package", "version", "registers"):
+        table.add_column(column)
+    for row in rows:
+        registered = "; ".join(f"{KIND_TITLES[k]}s: {', '.join(v)}" for k, v in row["components"].items())
+        others = [h for h in row["hooks"] if h not in ("register_label_sources", "register_refiners",
+                                                       "register_combiners", "register_embedders")]
+        registered = "; ".join(filter(None, [registered, ", ".join(others)]))
+        table.add_row(row["name"], row["package"], row["version"], registered or "-")
+    _console().print(table)
+
+
+def _kind_choice(value):
+    if value is None:
+        return None
+    aliases = {k: k for k in KINDS} | {"source": "label_source", "sources": "label_source",
+                                       "refiners": "refiner", "combiners": "combiner",
+                                       "embedders": "embedder"}
+    if value not in aliases:
+        raise click.BadParameter(f"{value!r} is not a kind{did_you_mean(value, aliases)} "
+                                 f"(kinds: {', '.join(KINDS)})", param_hint="--kind")
+    return aliases[value]
+
+
+@cli.command()
+@click.option("--kind", callback=lambda ctx, p, v: _kind_choice(v), help="label_source, refiner, combiner or embedder.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def components(kind, as_json):
+    """List components: name, kind, plugin and parameters with defaults.
+
+    Example: plabel components --kind label_source
+    """
+    from .plugins import get_registry
+    from .registry import parameters
+
+    registry = get_registry()
+    rows = []
+    for k in ([kind] if kind else list(KINDS)):
+        for name in registry.names(k):
+            entry = registry.entry(k, name)
+            doc = (entry.cls.__doc__ or "").strip().splitlines()
+            rows.append({"name": name, "kind": k, "plugin": entry.plugin, "package": entry.package,
+                         "parameters": [{"name": p.name, "type": p.type, "default": p.default,
+                                         "required": p.required} for p in parameters(entry.cls)],
+                         "summary": doc[0] if doc else ""})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    table = Table(title="plabel components")
+    for column in ("name", "kind", "plugin", "parameters", "summary"):
+        table.add_column(column)
+    for row in rows:
+        params = ", ".join(f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {p['default']!r}")
+                           for p in row["parameters"])
+        table.add_row(row["name"], KIND_TITLES[row["kind"]], row["plugin"], params or "-", row["summary"])
+    _console().print(table)
+
+
+# ---- running components --------------------------------------------------------------
+
+class ComponentGroup(PlabelGroup):
+    """One sub-command per registered component of a kind, built on demand, so that a
+    third-party plugin's component gets its command with no extra code."""
+
+    def __init__(self, *args, kind: str, make_command, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+        self.make_command = make_command
+
+    def list_commands(self, ctx):
+        from .plugins import get_registry
+
+        return get_registry().names(self.kind)
+
+    def get_command(self, ctx, name):
+        from .plugins import get_registry
+
+        registry = get_registry()
+        if name not in registry.entries[self.kind]:
+            return None
+        return self.make_command(registry.entry(self.kind, name))
+
+    def resolve_command(self, ctx, args):
+        from .plugins import get_registry
+
+        name = args[0] if args else None
+        if name is not None and not name.startswith("-") and self.get_command(ctx, name) is None:
+            known = get_registry().names(self.kind)
+            raise click.UsageError(f"unknown {KIND_TITLES[self.kind]} {name!r}"
+                                   f"{did_you_mean(name, known)} (known: {', '.join(known) or 'none'})", ctx)
+        return super().resolve_command(ctx, args)
+
+
+def _component_command(entry, extra_params, run, example: str):
+    """A click command for one component: shared options, one option per declared input."""
+    cls = entry.cls
+    doc = (cls.__doc__ or "").strip()
+    params = [click.Option([f"--{name.replace('_', '-')}", name], type=click.Path(),
+                           help=f"Input: {name} (a component parameter).") for name in cls.inputs]
+
+    def callback(**kwargs):
+        overrides = parse_overrides(kwargs.pop("overrides"))
+        for name in cls.inputs:
+            if kwargs.get(name) is not None:
+                overrides[name] = kwargs[name]
+            kwargs.pop(name, None)
+        from .plugins import get_registry
+
+        component = get_registry().build(entry.cls.kind, {"type": cls.name, **overrides})
+        run(component, **kwargs)
+
+    command = click.Command(cls.name, callback=callback, params=params,
+                            help=f"{doc}\n\n\b\nExample:\n  {example.format(name=cls.name)}",
+                            short_help=doc.splitlines()[0] if doc else None)
+    for decorator in reversed(extra_params):
+        decorator(command)
+    return command
+
+
+def _report(manifest: dict, out):
+    counts = manifest.get("counts")
+    if counts:
+        click.echo(f"{out}: {counts['labels']} labels, {counts['scores']} score maps")
+    else:
+        click.echo(f"{out}: this process's share is done")
+
+
+def _attach(options):
+    """Apply click option decorators to an existing Command object."""
+    def attach(command):
+        for option in options:
+            option(command)
+    return attach
+
+
+def _make_source_command(entry):
+    def run(source, data, split, out):
+        from .stages import run_source
+
+        _report(run_source(source, _dataset(data, split), out, progress=not _quiet()), out)
+
+    return _component_command(entry, [_attach([data_options, out_option, set_option])], run,
+                              "plabel source {name} --data scenes/index.csv --out ls_{name}")
+
+
+def _make_refiner_command(entry):
+    def run(refiner, data, split, in_set, out):
+        from .labelset import LabelSet
+        from .stages import run_refiner
+
+        _report(run_refiner(refiner, _dataset(data, split), LabelSet(in_set), out,
+                            progress=not _quiet()), out)
+
+    in_option = click.option("--in", "in_set", required=True, type=click.Path(file_okay=False),
+                             help="Label set to refine.")
+    return _component_command(entry, [_attach([data_options, in_option, out_option, set_option])],
+                              run, "plabel refine {name} --data scenes/index.csv --in ls_cam --out ls_cam_{name}")
+
+
+def _make_combiner_command(entry):
+    def run(combiner, data, split, in_sets, out, select_on):
+        from .labelset import LabelSet
+        from .stages import run_combiner
+
+        dataset = _dataset(data, split)
+        labelled = _dataset(select_on, None) if select_on else None
+        if labelled is not None:
+            overlap = set(labelled.ids) & set(dataset.ids)
+            if overlap:
+                click.echo(f"warning: {len(overlap)} image(s) of --select-on are also being "
+                           f"combined; scores on them are optimistic", err=True)
+        _report(run_combiner(combiner, dataset, [LabelSet(p) for p in in_sets], out,
+                             labelled=labelled, progress=not _quiet()), out)
+
+    in_option = click.option("--in", "in_sets", required=True, multiple=True,
+                             type=click.Path(file_okay=False), help="Label set, repeatable.")
+    select_option = click.option("--select-on", type=click.Path(),
+                                 help="Labelled dataset (CSV index) the combiner learns from.")
+    return _component_command(
+        entry, [_attach([data_options, in_option, out_option, select_option, set_option])], run,
+        "plabel combine {name} --data scenes/index.csv --in ls_a --in ls_b --out ls_{name}")
+
+
+cli.add_command(ComponentGroup("source", kind="label_source", make_command=_make_source_command,
+                               help="Run a label source: plabel source NAME --data D --out LS."))
+cli.add_command(ComponentGroup("refine", kind="refiner", make_command=_make_refiner_command,
+                               help="Run a refiner: plabel refine NAME --data D --in LS --out LS2."))
+cli.add_command(ComponentGroup("combine", kind="combiner", make_command=_make_combiner_command,
+                               help="Run a combiner: plabel combine NAME --data D --in LS1 --in LS2 --out LS."))
+
+
+# ---- demo ----------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--out", default="demo_out", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the data, label sets and results.")
+@click.option("--n", default=60, show_default=True, help="Number of synthetic images.")
+def demo(out, n):
+    """Synthesize scenes, make trivial baseline label sets, evaluate them.
+
+    Example: plabel demo --out demo_out
+    """
+    from .datasets import open_dataset
+    from .evaluation import evaluate as run_evaluation, render_table
+    from .labelset import LabelSet
+    from .plugins import get_registry
+    from .stages import run_source
+    from .synth import make_scenes
+
+    out = Path(out)
+    progress = not _quiet()
+    index = make_scenes(out / "scenes", n=n, seed=0, progress=progress)
+    dataset = open_dataset(index)
+    registry = get_registry()
+    console = _console()
+    summary = []
+    for name in ("background", "whole_image"):
+        target = out / "labels" / name
+        run_source(registry.build("label_source", {"type": name}), dataset, target, progress=progress)
+        result = run_evaluation(dataset, LabelSet(target), progress=progress)
+        console.print(render_table(result, title=f"{name} on {len(dataset)} synthetic scenes"))
+        summary.append((name, result["miou"], result["fwiou"]))
+    (out / "results.json").write_text(json.dumps(
+        [{"labels": n_, "miou": m, "fwiou": f} for n_, m, f in summary], indent=2))
+    for name, miou, fwiou in summary:
+        click.echo(f"{name:12s} mIoU {100 * miou:6.2f}  fwIoU {100 * fwiou:6.2f}")
+
+
+def _load_plugin_commands():
+    from .plugins import get_plugins
+
+    get_plugins().add_commands(cli)
+
+
+def main(argv=None):
+    try:
+        _load_plugin_commands()
+    except PlabelError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    cli.main(args=argv, prog_name="plabel")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Component interfaces. A component is a dataclass: its fields are its parameters
+(typed, with defaults), so ``plabel components`` can list them and manifests record them.
+
+Every component's docstring says what it reads, what it writes and which paper it follows.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Sequence
+
+import numpy as np
+
+from .types import PseudoLabel, Sample
+
+if TYPE_CHECKING:
+    from .datasets import Dataset
+    from .labelset import LabelSet
+
+
+class Component:
+    """Base of all components. Subclasses are ``@dataclass`` classes."""
+
+    kind: ClassVar[str] = ""
+    #: name under which the component was registered (set by the registry)
+    name: ClassVar[str] = ""
+    #: parameters naming files or folders another stage made: the CLI offers them as options
+    inputs: ClassVar[tuple[str, ...]] = ()
+    #: images handed to one ``predict`` call
+    batch_size: ClassVar[int] = 1
+
+    def config(self) -> dict:
+        """The resolved parameters, JSON-able, as recorded in label-set manifests."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _jsonable(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+class LabelSource(Component):
+    """Makes pseudo labels from a dataset (image-level tags, annotations, other label sets)."""
+
+    kind = "label_source"
+
+    def fit(self, dataset: "Dataset", workdir: Path) -> None:
+        """Train on ``dataset`` (trainable sources); ``workdir`` keeps checkpoints for resume."""
+
+    def predict(self, samples: Sequence[Sample]) -> list[PseudoLabel]:
+        raise NotImplementedError
+
+
+class Refiner(Component):
+    """Improves one pseudo label using its image (dense CRF, random walk)."""
+
+    kind = "refiner"
+
+    def fit(self, dataset: "Dataset", labels: "LabelSet", workdir: Path) -> None:
+        """Train on the input label set (trainable refiners, e.g. AffinityNet)."""
+
+    def refine(self, sample: Sample, pseudo: PseudoLabel) -> PseudoLabel:
+        raise NotImplementedError
+
+
+class Combiner(Component):
+    """Merges several label sets' pseudo labels of one image into one."""
+
+    kind = "combiner"
+
+    def fit(self, label_sets: Sequence["LabelSet"], labelled: "Dataset") -> None:
+        """Learn from the label sets' agreement with ground truth on ``labelled`` (e.g. ISLE)."""
+
+    def summary(self) -> dict:
+        """What was learned, stored in the output manifest."""
+        return {}
+
+    def combine(self, sample: Sample, pseudos: Sequence[PseudoLabel]) -> PseudoLabel:
+        raise NotImplementedError
+
+
+class Embedder(Component):
+    """Turns images into feature vectors (for sequencing similar images)."""
+
+    kind = "embedder"
+
+    def embed(self, samples: Sequence[Sample]) -> np.ndarray:
+        """float32 [N, D], one row per sample."""
+        raise NotImplementedError
+
+
+KINDS: dict[str, type[Component]] = {
+    "label_source": LabelSource,
+    "refiner": Refiner,
+    "combiner": Combiner,
+    "embedder": Embedder,
+}

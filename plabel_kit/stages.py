@@ -1,0 +1,128 @@
+"""Running one stage (source, refiner, combiner) over a dataset into a label set.
+
+Finished ids are skipped (resume). Under ``torchrun`` each rank takes ids[rank::world].
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .datasets import Dataset
+from .errors import DataError, LabelSetError
+from .interfaces import Combiner, Component, LabelSource, Refiner
+from .labelset import LabelSet, LabelSetWriter
+from .progress import track
+from .types import PseudoLabel
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def producer_of(component: Component, inputs: dict | None = None) -> dict:
+    producer = {"kind": component.kind, "type": component.name, "config": component.config(),
+                "version": __version__}
+    if inputs:
+        producer["inputs"] = inputs
+    return producer
+
+
+def open_writer(out, dataset: Dataset, producer: dict) -> LabelSetWriter:
+    return LabelSetWriter(out, producer, dataset.classes, dataset.palette,
+                          {"source": dataset.source, "split": dataset.split,
+                           "fingerprint": dataset.fingerprint(), "images": len(dataset)})
+
+
+def _todo(dataset: Dataset, writer: LabelSetWriter):
+    rank, world = shard()
+    mine = dataset.samples[rank::world]
+    return [s for s in mine if not writer.done(s.id)], len(mine)
+
+
+def _check_output(sample, pseudo: PseudoLabel, num_classes: int, who: str):
+    size = sample.image.shape[:2]
+    if pseudo.label.shape != size:
+        raise DataError(f"{who} returned a {pseudo.label.shape} label for a {size} image",
+                        path=sample.image_path, image_id=sample.id)
+    bad = (pseudo.label >= num_classes) & (pseudo.label != 255)
+    if bad.any():
+        raise DataError(f"{who} returned class id {int(pseudo.label[bad].max())} >= {num_classes}",
+                        path=sample.image_path, image_id=sample.id)
+
+
+def _finish(writer: LabelSetWriter, dataset: Dataset, extra: dict | None = None) -> dict:
+    rank, world = shard()
+    if world == 1 or rank == 0:
+        return writer.finish(extra) if all(writer.done(i) for i in dataset.ids) else {}
+    return {}
+
+
+def run_source(source: LabelSource, dataset: Dataset, out, *, progress: bool = True) -> dict:
+    """Fit (trainable sources; checkpoints in ``<out>/work``) and predict every unfinished id."""
+    writer = open_writer(out, dataset, producer_of(source))
+    todo, _ = _todo(dataset, writer)
+    if todo:
+        source.fit(dataset, Path(out) / "work")
+    batch = max(1, source.batch_size)
+    batches = [todo[i:i + batch] for i in range(0, len(todo), batch)]
+    for chunk in track(batches, f"{source.name}: labelling", enabled=progress):
+        for sample, pseudo in zip(chunk, source.predict(chunk), strict=True):
+            _check_output(sample, pseudo, dataset.num_classes, f"label source {source.name!r}")
+            writer.write(sample.id, pseudo)
+        for sample in chunk:
+            sample._image = sample._mask = None
+    return _finish(writer, dataset)
+
+
+def _input_record(label_set: LabelSet) -> dict:
+    return {"path": str(label_set.path.resolve()), "producer": label_set.producer}
+
+
+def _check_classes(label_set: LabelSet, dataset: Dataset):
+    if label_set.classes != dataset.classes:
+        raise LabelSetError(f"{label_set.path}: classes {label_set.classes} differ from the "
+                            f"dataset's {dataset.classes}")
+
+
+def _read_input(label_set: LabelSet, sample) -> PseudoLabel:
+    if sample.id not in label_set:
+        raise DataError(f"no label for this image in {label_set.path}",
+                        path=label_set.label_path(sample.id), image_id=sample.id)
+    return label_set.read(sample.id, size=sample.image.shape[:2])
+
+
+def run_refiner(refiner: Refiner, dataset: Dataset, labels: LabelSet, out, *,
+                progress: bool = True) -> dict:
+    _check_classes(labels, dataset)
+    writer = open_writer(out, dataset, producer_of(refiner, {"labels": _input_record(labels)}))
+    todo, _ = _todo(dataset, writer)
+    if todo:
+        refiner.fit(dataset, labels, Path(out) / "work")
+    for sample in track(todo, f"{refiner.name}: refining", enabled=progress):
+        pseudo = refiner.refine(sample, _read_input(labels, sample))
+        _check_output(sample, pseudo, dataset.num_classes, f"refiner {refiner.name!r}")
+        writer.write(sample.id, pseudo)
+        sample._image = sample._mask = None
+    return _finish(writer, dataset)
+
+
+def run_combiner(combiner: Combiner, dataset: Dataset, label_sets: Sequence[LabelSet], out, *,
+                 labelled: Dataset | None = None, progress: bool = True) -> dict:
+    for label_set in label_sets:
+        _check_classes(label_set, dataset)
+    if labelled is not None:
+        combiner.fit(label_sets, labelled)
+    inputs = {"labels": [_input_record(s) for s in label_sets]}
+    if labelled is not None:
+        inputs["labelled"] = {"source": labelled.source, "fingerprint": labelled.fingerprint()}
+    writer = open_writer(out, dataset, producer_of(combiner, inputs))
+    todo, _ = _todo(dataset, writer)
+    for sample in track(todo, f"{combiner.name}: combining", enabled=progress):
+        pseudo = combiner.combine(sample, [_read_input(s, sample) for s in label_sets])
+        _check_output(sample, pseudo, dataset.num_classes, f"combiner {combiner.name!r}")
+        writer.write(sample.id, pseudo)
+        sample._image = sample._mask = None
+    return _finish(writer, dataset, {"combiner": combiner.summary()})

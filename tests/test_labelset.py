@@ -1,0 +1,120 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plabel_kit import LabelSet, LabelSetError, LabelSetWriter, PseudoLabel
+from plabel_kit.arrays import voc_palette
+
+CLASSES = ["background", "a", "b"]
+
+
+def _pseudo(k, size=(20, 30)):
+    rng = np.random.default_rng(k)
+    label = rng.integers(0, 3, size, dtype=np.uint8)
+    label[0, :3] = 255
+    scores = rng.random((2, *size), dtype=np.float32)
+    return PseudoLabel(label, scores, np.array([1, 2]))
+
+
+def test_round_trip(tmp_path):
+    writer = LabelSetWriter(tmp_path / "ls", {"type": "t", "config": {"x": 1}}, CLASSES, voc_palette())
+    for k in range(3):
+        writer.write(f"im{k}", _pseudo(k))
+    manifest = writer.finish()
+    assert manifest["counts"] == {"labels": 3, "scores": 3} and manifest["complete"]
+    ls = LabelSet(tmp_path / "ls")
+    assert ls.ids() == ["im0", "im1", "im2"]
+    got = ls.read("im1")
+    want = _pseudo(1)
+    assert np.array_equal(got.label, want.label)
+    assert got.keys.tolist() == [1, 2]
+    assert np.allclose(got.scores, want.scores, atol=1e-3)  # float16 on disk
+    from PIL import Image
+
+    with Image.open(ls.label_path("im1")) as im:
+        assert im.mode == "P"
+        assert im.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
+    assert not (tmp_path / "ls" / ".tmp").exists()
+
+
+def test_refuses_other_producer_and_resumes_same(tmp_path):
+    producer = {"type": "t", "config": {"x": 1}, "version": "1"}
+    LabelSetWriter(tmp_path / "ls", producer, CLASSES, voc_palette()).write("a", _pseudo(0))
+    again = LabelSetWriter(tmp_path / "ls", dict(producer, version="2"), CLASSES, voc_palette())
+    assert again.done("a") and not again.done("b")
+    with pytest.raises(LabelSetError, match="refusing to mix"):
+        LabelSetWriter(tmp_path / "ls", {"type": "t", "config": {"x": 2}}, CLASSES, voc_palette())
+    with pytest.raises(LabelSetError, match="classes"):
+        LabelSetWriter(tmp_path / "ls", producer, ["background", "z"], voc_palette())
+
+
+def test_npz_bytes_are_deterministic(tmp_path):
+    for name in ("x", "y"):
+        w = LabelSetWriter(tmp_path / name, {"type": "t"}, CLASSES, voc_palette())
+        w.write("im", _pseudo(5))
+        time.sleep(1.1)  # a zip timestamp would differ now
+    assert (tmp_path / "x/scores/im.npz").read_bytes() == (tmp_path / "y/scores/im.npz").read_bytes()
+
+
+WRITER_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np
+    from plabel_kit import LabelSetWriter, PseudoLabel
+    from plabel_kit.arrays import voc_palette
+    out, n = sys.argv[1], int(sys.argv[2])
+    w = LabelSetWriter(out, {"type": "kill-test"}, ["background", "a", "b"], voc_palette())
+    for k in range(n):
+        if w.done(f"im{k:03d}"):
+            continue
+        rng = np.random.default_rng(k)
+        label = rng.integers(0, 3, (700, 900), dtype=np.uint8)
+        scores = rng.random((2, 700, 900), dtype=np.float32)
+        w.write(f"im{k:03d}", PseudoLabel(label, scores, np.array([1, 2])))
+        print(k, flush=True)
+    w.finish()
+""")
+
+
+def _run_writer(out, n):
+    return subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(out), str(n)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_killed_write_leaves_no_partial_file_and_resumes_identically(tmp_path):
+    n = 12
+    reference = tmp_path / "reference"
+    assert _run_writer(reference, n).wait() == 0
+
+    killed = tmp_path / "killed"
+    proc = _run_writer(killed, n)
+    for _ in range(3):  # let a few labels finish, then kill mid-way through the next
+        proc.stdout.readline()
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = sorted(p.name for p in (killed / "labels").iterdir())
+    assert 3 <= len(written) < n
+    # every file readers can see is whole: it decodes and equals the reference bytes
+    ls = LabelSet(killed)
+    for image_id in ls.ids():
+        assert ls.label_path(image_id).read_bytes() == (reference / "labels" / f"{image_id}.png").read_bytes()
+        ls.read(image_id)
+    for p in (killed / "scores").iterdir():
+        assert p.read_bytes() == (reference / "scores" / p.name).read_bytes()
+    assert not json.loads((killed / "manifest.json").read_text())["complete"]
+
+    assert _run_writer(killed, n).wait() == 0
+    for folder in ("labels", "scores"):
+        names = sorted(p.name for p in (reference / folder).iterdir())
+        assert names == sorted(p.name for p in (killed / folder).iterdir())
+        for name in names:
+            assert (killed / folder / name).read_bytes() == (reference / folder / name).read_bytes()
+    assert not (killed / ".tmp").exists()
+    assert json.loads((killed / "manifest.json").read_text())["counts"] == {"labels": n, "scores": n}
