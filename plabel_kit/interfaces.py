@@ -67,6 +67,10 @@ class Refiner(Component):
     def refine(self, sample: Sample, pseudo: PseudoLabel) -> PseudoLabel:
         raise NotImplementedError
 
+    def refine_batch(self, samples: Sequence[Sample], pseudos: Sequence[PseudoLabel]) -> list[PseudoLabel]:
+        """``batch_size`` images at a time; override to use a process pool or a GPU batch."""
+        return [self.refine(s, p) for s, p in zip(samples, pseudos, strict=True)]
+
 
 class Combiner(Component):
     """Merges several label sets' pseudo labels of one image into one."""

@@ -38,8 +38,7 @@ def open_writer(out, dataset: Dataset, producer: dict) -> LabelSetWriter:
 
 def _todo(dataset: Dataset, writer: LabelSetWriter):
     rank, world = shard()
-    mine = dataset.samples[rank::world]
-    return [s for s in mine if not writer.done(s.id)], len(mine)
+    return [s for s in dataset.samples[rank::world] if not writer.done(s.id)]
 
 
 def _check_output(sample, pseudo: PseudoLabel, num_classes: int, who: str):
@@ -53,7 +52,30 @@ def _check_output(sample, pseudo: PseudoLabel, num_classes: int, who: str):
                         path=sample.image_path, image_id=sample.id)
 
 
+def _batches(items: list, size: int) -> list[list]:
+    size = max(1, size)
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _release(samples):
+    """Drop decoded pixels once written: a stage streams, it never holds a dataset."""
+    for sample in samples:
+        sample._image = sample._mask = None
+
+
+def barrier():
+    """Wait for all ranks when torch.distributed is running (torchrun); no-op otherwise."""
+    import sys
+
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+
 def _finish(writer: LabelSetWriter, dataset: Dataset, extra: dict | None = None) -> dict:
+    barrier()
     rank, world = shard()
     if world == 1 or rank == 0:
         return writer.finish(extra) if all(writer.done(i) for i in dataset.ids) else {}
@@ -63,17 +85,14 @@ def _finish(writer: LabelSetWriter, dataset: Dataset, extra: dict | None = None)
 def run_source(source: LabelSource, dataset: Dataset, out, *, progress: bool = True) -> dict:
     """Fit (trainable sources; checkpoints in ``<out>/work``) and predict every unfinished id."""
     writer = open_writer(out, dataset, producer_of(source))
-    todo, _ = _todo(dataset, writer)
+    todo = _todo(dataset, writer)
     if todo:
         source.fit(dataset, Path(out) / "work")
-    batch = max(1, source.batch_size)
-    batches = [todo[i:i + batch] for i in range(0, len(todo), batch)]
-    for chunk in track(batches, f"{source.name}: labelling", enabled=progress):
+    for chunk in track(_batches(todo, source.batch_size), f"{source.name}: labelling", enabled=progress):
         for sample, pseudo in zip(chunk, source.predict(chunk), strict=True):
             _check_output(sample, pseudo, dataset.num_classes, f"label source {source.name!r}")
             writer.write(sample.id, pseudo)
-        for sample in chunk:
-            sample._image = sample._mask = None
+        _release(chunk)
     return _finish(writer, dataset)
 
 
@@ -98,14 +117,15 @@ def run_refiner(refiner: Refiner, dataset: Dataset, labels: LabelSet, out, *,
                 progress: bool = True) -> dict:
     _check_classes(labels, dataset)
     writer = open_writer(out, dataset, producer_of(refiner, {"labels": _input_record(labels)}))
-    todo, _ = _todo(dataset, writer)
+    todo = _todo(dataset, writer)
     if todo:
         refiner.fit(dataset, labels, Path(out) / "work")
-    for sample in track(todo, f"{refiner.name}: refining", enabled=progress):
-        pseudo = refiner.refine(sample, _read_input(labels, sample))
-        _check_output(sample, pseudo, dataset.num_classes, f"refiner {refiner.name!r}")
-        writer.write(sample.id, pseudo)
-        sample._image = sample._mask = None
+    for chunk in track(_batches(todo, refiner.batch_size), f"{refiner.name}: refining", enabled=progress):
+        refined = refiner.refine_batch(chunk, [_read_input(labels, s) for s in chunk])
+        for sample, pseudo in zip(chunk, refined, strict=True):
+            _check_output(sample, pseudo, dataset.num_classes, f"refiner {refiner.name!r}")
+            writer.write(sample.id, pseudo)
+        _release(chunk)
     return _finish(writer, dataset)
 
 
@@ -119,10 +139,10 @@ def run_combiner(combiner: Combiner, dataset: Dataset, label_sets: Sequence[Labe
     if labelled is not None:
         inputs["labelled"] = {"source": labelled.source, "fingerprint": labelled.fingerprint()}
     writer = open_writer(out, dataset, producer_of(combiner, inputs))
-    todo, _ = _todo(dataset, writer)
+    todo = _todo(dataset, writer)
     for sample in track(todo, f"{combiner.name}: combining", enabled=progress):
         pseudo = combiner.combine(sample, [_read_input(s, sample) for s in label_sets])
         _check_output(sample, pseudo, dataset.num_classes, f"combiner {combiner.name!r}")
         writer.write(sample.id, pseudo)
-        sample._image = sample._mask = None
+        _release([sample])
     return _finish(writer, dataset, {"combiner": combiner.summary()})
