@@ -1,7 +1,7 @@
 """The ``plabel`` command line. Runtime failures: one line, exit code 1."""
 from __future__ import annotations
 
-import functools
+import inspect
 import json
 import os
 import sys
@@ -33,6 +33,8 @@ def data_options(f):
                         help="CSV index file or VOC 2012 root folder.")(f)
 
 
+config_option = click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
+                             help="Parameters from an mmengine-style .py (or .json) config; --set overrides.")
 set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                           help="Component parameter, repeatable (see `plabel components`).")
 out_option = click.option("--out", required=True, type=click.Path(file_okay=False),
@@ -312,12 +314,16 @@ class ComponentGroup(PlabelGroup):
 def _component_command(entry, extra_params, run, example: str):
     """A click command for one component: shared options, one option per declared input."""
     cls = entry.cls
-    doc = (cls.__doc__ or "").strip()
+    doc = inspect.cleandoc(cls.__doc__ or "")
     params = [click.Option([f"--{name.replace('_', '-')}", name], type=click.Path(),
                            help=f"Input: {name} (a component parameter).") for name in cls.inputs]
 
     def callback(**kwargs):
-        overrides = parse_overrides(kwargs.pop("overrides"))
+        from .registry import load_config
+
+        overrides = load_config(kwargs.pop("config_file")) if kwargs.get("config_file") else {}
+        kwargs.pop("config_file", None)
+        overrides.update(parse_overrides(kwargs.pop("overrides")))
         for name in cls.inputs:
             if kwargs.get(name) is not None:
                 overrides[name] = kwargs[name]
@@ -341,6 +347,9 @@ def _report(manifest: dict, out):
         click.echo(f"{out}: {counts['labels']} labels, {counts['scores']} score maps")
     else:
         click.echo(f"{out}: this process's share is done")
+    for key, value in (manifest.get("summary") or {}).items():
+        if isinstance(value, (int, float, str)):
+            click.echo(f"  {key}: {value}")
 
 
 def _attach(options):
@@ -357,7 +366,7 @@ def _make_source_command(entry):
 
         _report(run_source(source, _dataset(data, split), out, progress=not _quiet()), out)
 
-    return _component_command(entry, [_attach([data_options, out_option, set_option])], run,
+    return _component_command(entry, [_attach([data_options, out_option, config_option, set_option])], run,
                               "plabel source {name} --data scenes/index.csv --out ls_{name}")
 
 
@@ -371,7 +380,7 @@ def _make_refiner_command(entry):
 
     in_option = click.option("--in", "in_set", required=True, type=click.Path(file_okay=False),
                              help="Label set to refine.")
-    return _component_command(entry, [_attach([data_options, in_option, out_option, set_option])],
+    return _component_command(entry, [_attach([data_options, in_option, out_option, config_option, set_option])],
                               run, "plabel refine {name} --data scenes/index.csv --in ls_cam --out ls_cam_{name}")
 
 
@@ -395,7 +404,7 @@ def _make_combiner_command(entry):
     select_option = click.option("--select-on", type=click.Path(),
                                  help="Labelled dataset (CSV index) the combiner learns from.")
     return _component_command(
-        entry, [_attach([data_options, in_option, out_option, select_option, set_option])], run,
+        entry, [_attach([data_options, in_option, out_option, select_option, config_option, set_option])], run,
         "plabel combine {name} --data scenes/index.csv --in ls_a --in ls_b --out ls_{name}")
 
 

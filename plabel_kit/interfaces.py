@@ -33,6 +33,11 @@ class Component:
         """The resolved parameters, JSON-able, as recorded in label-set manifests."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
+    def summary(self) -> dict:
+        """What this run learned or counted (a combiner's table, fallbacks taken, ...),
+        JSON-able; stored in the output manifest under ``summary``."""
+        return {}
+
 
 def _jsonable(value):
     if isinstance(value, Path):
@@ -79,10 +84,6 @@ class Combiner(Component):
 
     def fit(self, label_sets: Sequence["LabelSet"], labelled: "Dataset") -> None:
         """Learn from the label sets' agreement with ground truth on ``labelled`` (e.g. ISLE)."""
-
-    def summary(self) -> dict:
-        """What was learned, stored in the output manifest."""
-        return {}
 
     def combine(self, sample: Sample, pseudos: Sequence[PseudoLabel]) -> PseudoLabel:
         raise NotImplementedError

@@ -99,6 +99,32 @@ class Registry:
             raise RegistryError(f"{KIND_TITLES[kind]} {cls.name!r}: {exc}") from None
 
 
+def load_config(path) -> dict:
+    """Component parameters from a config file: an mmengine-style Python file (top-level
+    names; ``type`` and ``_base_`` are not parameters) or a JSON object."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix == ".json":
+        try:
+            params = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise RegistryError(f"{path}: not valid JSON ({exc})") from None
+    else:
+        try:
+            from mmengine.config import Config
+        except ImportError:  # the config language is mmengine's; plain Python files still work
+            import runpy
+
+            params = {k: v for k, v in runpy.run_path(str(path)).items() if not k.startswith("__")}
+        else:
+            params = Config.fromfile(str(path)).to_dict()
+    if not isinstance(params, dict):
+        raise RegistryError(f"{path}: expected parameters as top-level names or a JSON object")
+    return {k: v for k, v in params.items() if k not in ("type", "_base_")}
+
+
 def _field_type(cls, name):
     hints = typing.get_type_hints(cls)
     return hints.get(name, str)

@@ -22,6 +22,20 @@ def shard() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def init_distributed():
+    """Join torchrun's process group (gloo on CPU, nccl on GPU) when there is more than one rank."""
+    if shard()[1] == 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend)
+
+
 def producer_of(component: Component, inputs: dict | None = None) -> dict:
     producer = {"kind": component.kind, "type": component.name, "config": component.config(),
                 "version": __version__}
@@ -63,6 +77,18 @@ def _release(samples):
         sample._image = sample._mask = None
 
 
+def _any_rank(flag: bool) -> bool:
+    """True when any rank has work: training under DDP needs every rank or none."""
+    if shard()[1] == 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def barrier():
     """Wait for all ranks when torch.distributed is running (torchrun); no-op otherwise."""
     import sys
@@ -84,16 +110,17 @@ def _finish(writer: LabelSetWriter, dataset: Dataset, extra: dict | None = None)
 
 def run_source(source: LabelSource, dataset: Dataset, out, *, progress: bool = True) -> dict:
     """Fit (trainable sources; checkpoints in ``<out>/work``) and predict every unfinished id."""
+    init_distributed()
     writer = open_writer(out, dataset, producer_of(source))
     todo = _todo(dataset, writer)
-    if todo:
+    if _any_rank(bool(todo)):
         source.fit(dataset, Path(out) / "work")
     for chunk in track(_batches(todo, source.batch_size), f"{source.name}: labelling", enabled=progress):
         for sample, pseudo in zip(chunk, source.predict(chunk), strict=True):
             _check_output(sample, pseudo, dataset.num_classes, f"label source {source.name!r}")
             writer.write(sample.id, pseudo)
         _release(chunk)
-    return _finish(writer, dataset)
+    return _finish(writer, dataset, {"summary": source.summary()})
 
 
 def _input_record(label_set: LabelSet) -> dict:
@@ -116,9 +143,10 @@ def _read_input(label_set: LabelSet, sample) -> PseudoLabel:
 def run_refiner(refiner: Refiner, dataset: Dataset, labels: LabelSet, out, *,
                 progress: bool = True) -> dict:
     _check_classes(labels, dataset)
+    init_distributed()
     writer = open_writer(out, dataset, producer_of(refiner, {"labels": _input_record(labels)}))
     todo = _todo(dataset, writer)
-    if todo:
+    if _any_rank(bool(todo)):
         refiner.fit(dataset, labels, Path(out) / "work")
     for chunk in track(_batches(todo, refiner.batch_size), f"{refiner.name}: refining", enabled=progress):
         refined = refiner.refine_batch(chunk, [_read_input(labels, s) for s in chunk])
@@ -126,7 +154,7 @@ def run_refiner(refiner: Refiner, dataset: Dataset, labels: LabelSet, out, *,
             _check_output(sample, pseudo, dataset.num_classes, f"refiner {refiner.name!r}")
             writer.write(sample.id, pseudo)
         _release(chunk)
-    return _finish(writer, dataset)
+    return _finish(writer, dataset, {"summary": refiner.summary()})
 
 
 def run_combiner(combiner: Combiner, dataset: Dataset, label_sets: Sequence[LabelSet], out, *,
@@ -145,4 +173,4 @@ def run_combiner(combiner: Combiner, dataset: Dataset, label_sets: Sequence[Labe
         _check_output(sample, pseudo, dataset.num_classes, f"combiner {combiner.name!r}")
         writer.write(sample.id, pseudo)
         _release([sample])
-    return _finish(writer, dataset, {"combiner": combiner.summary()})
+    return _finish(writer, dataset, {"summary": combiner.summary()})

@@ -1,0 +1,191 @@
+"""The ``cam`` label source (IRNet's CAM step: ``train_cam`` + ``make_cam`` + ``eval_cam`` /
+``cam_to_ir_label``)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from plabel_kit import LabelSource, PseudoLabel
+from plabel_kit.arrays import scores_to_labels, uncertain_band
+from plabel_kit.progress import quiet
+
+FINAL = "cam_final.pth"
+
+
+def _log(message: str):
+    if not quiet():
+        import click
+
+        click.echo(message, err=True)
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def load_checkpoint(path, device="cpu"):
+    """(CamNet in eval mode, its architecture dict) from a ``cam_final.pth``-style file."""
+    import torch
+
+    from .model import CamNet
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "architecture" not in state:
+        raise ValueError(f"{path}: not a plabel CAM checkpoint (no 'architecture')")
+    arch = state["architecture"]
+    model = CamNet(arch["backbone"], len(arch["classes"]) - 1, arch["output_stride"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), arch
+
+
+@dataclass
+class Cam(LabelSource):
+    """Reads images and image-level tags; writes class activation maps (float16, full
+    resolution, one plane per tagged class, each divided by its max) and labels.
+
+    Trains the classifier first unless ``checkpoint`` is given (checkpoints in
+    ``<out>/work``; an interrupted training resumes). ``mode=threshold`` labels by a constant
+    background plane (``threshold``, IRN's CAM eval uses 0.15); ``mode=ir_labels`` makes IRN's
+    training labels: fg at ``fg_threshold`` 0.30 and bg at ``bg_threshold`` 0.05, each refined
+    by the dense CRF ``label`` recipe, 255 where they disagree. Follows IRNet (Ahn et al.,
+    CVPR 2019) with its defaults; ``backbone=resnet18_small`` is the CPU-sized variant."""
+
+    inputs: ClassVar[tuple[str, ...]] = ("checkpoint", "pretrained")
+    batch_size: ClassVar[int] = 8
+
+    backbone: str = "resnet50_v1c"
+    output_stride: int = 16
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    epochs: int = 5
+    train_batch_size: int = 16
+    crop_size: int = 512
+    resize_long: tuple[int, int] = (320, 640)
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    momentum: float = 0.0
+    poly_power: float = 0.9
+    classifier_lr_mult: float = 10.0
+    seed: int = 0
+    num_workers: int = 0
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    mode: str = "threshold"
+    threshold: float = 0.15
+    fg_threshold: float = 0.30
+    bg_threshold: float = 0.05
+    device: str = "auto"
+
+    def __post_init__(self):
+        from .model import BACKBONES, OUTPUT_STRIDES
+
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}")
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {sorted(OUTPUT_STRIDES)}")
+        if self.mode not in ("threshold", "ir_labels"):
+            raise ValueError("mode must be 'threshold' or 'ir_labels'")
+        if not self.scales:
+            raise ValueError("scales must not be empty")
+        self._model = None
+        self._classes = None
+
+    # ---- training ------------------------------------------------------------------
+
+    def fit(self, dataset, workdir: Path) -> None:
+        import torch
+
+        device = pick_device(self.device)
+        if self.checkpoint:
+            self._use(self.checkpoint, dataset.classes, device)
+            return
+        final = Path(workdir) / FINAL
+        if not final.exists():
+            self._train(dataset, Path(workdir), device)
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            torch.distributed.barrier()
+        self._use(final, dataset.classes, device)
+
+    def _use(self, path, classes, device):
+        model, arch = load_checkpoint(path, device)
+        if arch["classes"] != list(classes):
+            raise ValueError(f"{path} was trained on classes {arch['classes']}, the dataset has {classes}")
+        self._model, self._classes, self._arch = model, list(classes), arch
+
+    def _train(self, dataset, workdir: Path, device):
+        import torch
+
+        from .model import CamNet, load_pretrained
+        from .train import TrainConfig, train
+
+        torch.manual_seed(self.seed)
+        pretrained = bool(self.pretrained)
+        model = CamNet(self.backbone, dataset.num_classes - 1, self.output_stride,
+                       frozen_stem=pretrained, norm_eval=pretrained)
+        if pretrained:
+            missing, unexpected = load_pretrained(model.backbone, self.pretrained)
+            _log(f"pretrained {self.pretrained}: {len(missing)} missing keys"
+                 + (f" (e.g. {missing[0]})" if missing else "")
+                 + f", {len(unexpected)} unexpected" + (f" (e.g. {unexpected[0]})" if unexpected else ""))
+        config = TrainConfig(self.epochs, self.train_batch_size, self.crop_size, tuple(self.resize_long),
+                             self.lr, self.weight_decay, self.momentum, self.poly_power,
+                             self.classifier_lr_mult, self.seed, self.num_workers)
+        train(model, dataset, config, workdir, device, log=_log)
+        if int(os.environ.get("RANK", 0)) == 0:
+            architecture = {"backbone": self.backbone, "output_stride": self.output_stride,
+                            "classes": dataset.classes}
+            tmp = workdir / f".{FINAL}.{os.getpid()}"
+            torch.save({"model": model.state_dict(), "architecture": architecture}, tmp)
+            os.replace(tmp, workdir / FINAL)
+
+    # ---- inference -----------------------------------------------------------------
+
+    def scores(self, sample) -> np.ndarray:
+        """float32 [K, H, W] CAMs of the sample's tagged classes (K may be 0)."""
+        import torch
+
+        from .infer import multiscale_cam, normalise
+
+        if not sample.classes:
+            return np.zeros((0, *sample.image.shape[:2]), np.float32)
+        device = next(self._model.parameters()).device
+        image = normalise(sample.image).to(device)
+        cams = multiscale_cam(self._model, image, [c - 1 for c in sample.classes], tuple(self.scales),
+                              self.flip, self.output_stride)
+        return cams.cpu().numpy()
+
+    def predict(self, samples):
+        if self._model is None:
+            raise RuntimeError("cam: fit() must run before predict()")
+        out = []
+        for sample in samples:
+            scores = self.scores(sample)
+            keys = np.asarray(sample.classes, dtype=np.int64)
+            if self.mode == "threshold":
+                label = scores_to_labels(scores, keys, self.threshold)
+            else:
+                label = ir_labels(sample.image, scores, keys, self.fg_threshold, self.bg_threshold)
+            out.append(PseudoLabel(label, scores, keys))
+        return out
+
+
+def ir_labels(image: np.ndarray, scores: np.ndarray, keys: np.ndarray, fg_threshold: float,
+              bg_threshold: float) -> np.ndarray:
+    """IRN's ``cam_to_ir_label``: uint8 [H, W] with 255 where the confident-foreground and
+    confident-background CRF labels disagree."""
+    from plabel_crf.recipes import crf_label_map
+
+    def refined(threshold):
+        return crf_label_map(image, scores_to_labels(scores, keys, threshold), keys)
+
+    return uncertain_band(refined(fg_threshold), refined(bg_threshold))

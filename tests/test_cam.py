@@ -1,0 +1,171 @@
+"""The ``cam`` label source: training, resume, pretrained weights, inference, torchrun."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from plabel_kit import LabelSet, open_dataset
+from plabel_kit.synth import make_scenes
+from tests.conftest import REPO, run_plabel
+
+CPU_CONFIG = REPO / "configs" / "sources" / "cam_resnet18_cpu.py"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The small CPU config trained on 200 synthetic scenes, as a user runs it."""
+    root = tmp_path_factory.mktemp("cam")
+    index = make_scenes(root / "scenes", n=200, size=128, seed=0, progress=False)
+    start = time.perf_counter()
+    run_plabel("source", "cam", "--data", index, "--out", root / "cam", "--config", CPU_CONFIG, check=True)
+    return {"index": index, "labels": root / "cam", "seconds": time.perf_counter() - start,
+            "checkpoint": root / "cam" / "work" / "cam_final.pth", "root": root}
+
+
+def _miou(index, labels, *extra):
+    result = run_plabel("evaluate", "--data", index, "--labels", labels, "--json", Path(labels) / "eval.json",
+                        *extra, check=True)
+    return json.loads((Path(labels) / "eval.json").read_text()), result.stdout
+
+
+def test_small_cpu_config_beats_trivial_baselines(trained, capsys):
+    index, root = trained["index"], trained["root"]
+    baselines = {}
+    for name, extra in (("background", []), ("whole_image", ["--set", "multi=first"])):
+        run_plabel("source", name, "--data", index, "--out", root / name, *extra, check=True)
+        baselines[name] = _miou(index, root / name)[0]["miou"]
+    cam = _miou(index, trained["labels"])[0]["miou"]
+    best_trivial = max(baselines.values())
+    with capsys.disabled():
+        print(f"\nCAM (resnet18_small, 20 epochs, 200 scenes): trained+labelled in {trained['seconds']:.0f} s; "
+              f"mIoU {100 * cam:.1f} at threshold 0.15 vs trivial: "
+              + ", ".join(f"{k} {100 * v:.1f}" for k, v in baselines.items()))
+    assert trained["seconds"] < 600, "the small CPU config must train and label in under 10 minutes"
+    assert cam > 1.8 * best_trivial  # measured: about 2x at the paper's threshold 0.15
+    ls = LabelSet(trained["labels"])
+    assert ls.manifest["counts"] == {"labels": 200, "scores": 200}
+    sample = open_dataset(index)[5]
+    pseudo = ls.read(sample.id)
+    assert pseudo.scores.shape == (len(sample.classes), 128, 128)
+    assert pseudo.keys.tolist() == list(sample.classes)
+    assert np.allclose(pseudo.scores.reshape(len(sample.classes), -1).max(1), 1.0, atol=1e-3)
+
+
+def test_sweep_reports_best_threshold(trained):
+    report, stdout = _miou(trained["index"], trained["labels"], "--sweep")
+    sweep = report["sweep"]
+    assert "best background threshold" in stdout
+    assert sweep["best_miou"] >= report["miou"] and sweep["best_threshold"] in sweep["thresholds"]
+
+
+def test_checkpoint_skips_training_and_matches(trained, tmp_path):
+    result = run_plabel("source", "cam", "--data", trained["index"], "--out", tmp_path / "again", "--config",
+                        CPU_CONFIG, "--checkpoint", trained["checkpoint"], check=True)
+    assert "CAM epoch" not in result.stderr
+    ref, again = LabelSet(trained["labels"]), LabelSet(tmp_path / "again")
+    for image_id in ref.ids()[:10]:
+        assert np.array_equal(ref.read_label(image_id), again.read_label(image_id))
+
+
+def test_torchrun_two_processes_equal_one(trained, tmp_path):
+    index = trained["index"]
+    sub = tmp_path / "sub.csv"  # 30 images keep it quick
+    lines = Path(index).read_text().splitlines()
+    sub.write_text("\n".join(lines[:31]) + "\n")
+    shutil.copy(Path(index).parent / "classes.json", tmp_path / "classes.json")
+    for name in ("images", "masks"):
+        (tmp_path / name).symlink_to(Path(index).parent / name)
+    common = ["source", "cam", "--data", sub, "--config", CPU_CONFIG, "--checkpoint", trained["checkpoint"]]
+    # same threads per process in both runs: oneDNN's sums depend on the thread count
+    run_plabel(*common, "--out", tmp_path / "one", env={"OMP_NUM_THREADS": "1"}, check=True)
+    plabel = Path(sys.executable).parent / "plabel"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                    "29517", str(plabel), *map(str, common), "--out", str(tmp_path / "two")],
+                   check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    for folder in ("labels", "scores"):
+        one = sorted(p.name for p in (tmp_path / "one" / folder).iterdir())
+        assert one == sorted(p.name for p in (tmp_path / "two" / folder).iterdir()) and len(one) == 30
+        for name in one:
+            assert (tmp_path / "one" / folder / name).read_bytes() == (tmp_path / "two" / folder / name).read_bytes()
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["counts"]["labels"] == 30
+
+
+TINY = ["--set", "backbone=resnet18_small", "--set", "crop_size=64", "--set", "resize_long=(48,80)",
+        "--set", "train_batch_size=8", "--set", "scales=(1.0,)", "--set", "flip=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_scenes(tmp_path_factory):
+    return make_scenes(tmp_path_factory.mktemp("tiny") / "s", n=32, size=64, seed=1, progress=False)
+
+
+def test_interrupted_training_resumes_to_identical_weights(tiny_scenes, tmp_path):
+    args = ["source", "cam", "--data", tiny_scenes, *TINY, "--set", "epochs=4"]
+    run_plabel(*args, "--out", tmp_path / "whole", check=True)
+
+    plabel = Path(sys.executable).parent / "plabel"
+    proc = subprocess.Popen([str(plabel), *map(str, args), "--out", str(tmp_path / "broken")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "broken" / "work" / "latest.pth"
+    while not latest.exists():
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "broken" / "work" / "cam_final.pth").exists()
+    epoch = torch.load(latest, weights_only=False)["epoch"]
+    result = run_plabel(*args, "--out", tmp_path / "broken", env={"PLABEL_QUIET": "0"}, check=True)
+    assert f"resuming classifier training after epoch {epoch}" in result.stderr
+    a = torch.load(tmp_path / "whole" / "work" / "cam_final.pth", weights_only=False)["model"]
+    b = torch.load(tmp_path / "broken" / "work" / "cam_final.pth", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_training_two_processes(tiny_scenes, tmp_path):
+    plabel = Path(sys.executable).parent / "plabel"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", "29518", str(plabel), "source", "cam", "--data", str(tiny_scenes),
+                             *TINY, "--set", "epochs=2", "--out", str(tmp_path / "ddp")],
+                            capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PLABEL_QUIET="0"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("CAM epoch 2/2: loss") == 1  # only rank 0 logs
+    assert (tmp_path / "ddp" / "work" / "cam_final.pth").exists()
+    assert json.loads((tmp_path / "ddp" / "manifest.json").read_text())["counts"]["labels"] == 32
+
+
+@pytest.mark.parametrize("style", ["torchvision", "mmpretrain"])
+def test_pretrained_state_dict_loads_with_zero_missing_keys(style, tmp_path):
+    from plabel_cam.model import CamNet, load_pretrained
+
+    source = CamNet("resnet50", 20)
+    weights = {k: v for k, v in source.backbone.state_dict().items()}
+    if style == "torchvision":
+        weights["fc.weight"], weights["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
+    else:
+        weights = {"state_dict": {**{f"backbone.{k}": v for k, v in weights.items()},
+                                  "head.fc.weight": torch.zeros(1000, 2048)}}
+    torch.save(weights, tmp_path / "r50.pth")
+    target = CamNet("resnet50", 20)
+    missing, unexpected = load_pretrained(target.backbone, str(tmp_path / "r50.pth"))
+    assert missing == [] and unexpected == []
+    assert torch.equal(target.backbone.layer4[2].conv3.weight, source.backbone.layer4[2].conv3.weight)
+    with pytest.raises(ValueError, match="backbone=resnet50"):
+        load_pretrained(CamNet("resnet50_v1c", 20).backbone, str(tmp_path / "r50.pth"))
+
+
+def test_pretrained_through_the_cli_reports_keys(tiny_scenes, tmp_path):
+    from plabel_cam.model import CamNet
+
+    torch.save(CamNet("resnet18_small", 5).backbone.state_dict(), tmp_path / "small.pth")
+    result = run_plabel("source", "cam", "--data", tiny_scenes, *TINY, "--set", "epochs=1",
+                        "--pretrained", tmp_path / "small.pth", "--out", tmp_path / "ls",
+                        env={"PLABEL_QUIET": "0"}, check=True)
+    assert "0 missing keys, 0 unexpected" in result.stderr
