@@ -165,6 +165,9 @@ def evaluate(data, split, label_sets, json_path, sweep):
         result = run_evaluation(dataset, LabelSet(path), sweep=sweep, progress=not _quiet())
         results.append(result)
         console.print(render_table(result))
+        if result["scored_on_selection_images"]:
+            console.print(f"[yellow]warning: {result['scored_on_selection_images']} evaluated image(s) "
+                          f"were also used to fit {path} (its labelled subset): scores are optimistic[/yellow]")
         if result["missing_labels"]:
             console.print(f"[yellow]{len(result['missing_labels'])} image(s) have no label in "
                           f"{path} and were left out[/yellow]")

@@ -57,6 +57,8 @@ def evaluate(dataset: Dataset, labels: LabelSet, *, sweep: bool = False,
         raise PlabelError(f"nothing to evaluate: {len(missing)} image(s) lack a label in "
                           f"{labels.path} and {no_gt} lack ground truth in {dataset.source}")
     result = _summary(scores_from_confusion(confusion), dataset.classes)
+    selected_on = set((labels.manifest.get("summary") or {}).get("labelled", {}).get("ids") or ())
+    result["scored_on_selection_images"] = len(selected_on & set(dataset.ids) - set(missing))
     result.update({"label_set": str(labels.path), "dataset": dataset.describe(),
                    "images": evaluated, "missing_labels": missing, "without_ground_truth": no_gt,
                    "confusion": confusion.tolist()})

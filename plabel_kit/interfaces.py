@@ -28,10 +28,16 @@ class Component:
     inputs: ClassVar[tuple[str, ...]] = ()
     #: images handed to one ``predict`` call
     batch_size: ClassVar[int] = 1
+    #: parameters that change how, not what, a component computes (workers, device): a
+    #: label set may be resumed with other values of them
+    runtime: ClassVar[tuple[str, ...]] = ()
 
     def config(self) -> dict:
         """The resolved parameters, JSON-able, as recorded in label-set manifests."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def close(self) -> None:
+        """Release pools, GPU memory and files; the stage runner calls it when done."""
 
     def summary(self) -> dict:
         """What this run learned or counted (a combiner's table, fallbacks taken, ...),

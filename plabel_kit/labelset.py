@@ -140,7 +140,7 @@ class LabelSetWriter:
     """Writes labels (and scores) atomically; reopening with the same producer resumes.
 
     ``producer`` is a JSON-able dict naming the component and its configuration; it is
-    compared, without its ``version`` entry, with an existing set's before anything is
+    compared, without its ``version`` and ``runtime`` entries, with an existing set's before anything is
     written, so two configurations never mix in one folder."""
 
     def __init__(self, path, producer: dict, classes: list[str], palette, dataset: dict | None = None):
@@ -168,7 +168,7 @@ class LabelSetWriter:
 
     def _check_same_producer(self, manifest: dict):
         def strip(producer):
-            return {k: v for k, v in producer.items() if k != "version"}
+            return {k: v for k, v in producer.items() if k not in ("version", "runtime")}
 
         if strip(manifest["producer"]) != strip(self.producer):
             raise LabelSetError(

@@ -37,8 +37,10 @@ def init_distributed():
 
 
 def producer_of(component: Component, inputs: dict | None = None) -> dict:
-    producer = {"kind": component.kind, "type": component.name, "config": component.config(),
-                "version": __version__}
+    config = component.config()
+    runtime = {k: config.pop(k) for k in component.runtime if k in config}
+    producer = {"kind": component.kind, "type": component.name, "config": config,
+                "runtime": runtime, "version": __version__}
     if inputs:
         producer["inputs"] = inputs
     return producer
@@ -110,6 +112,13 @@ def _finish(writer: LabelSetWriter, dataset: Dataset, extra: dict | None = None)
 
 def run_source(source: LabelSource, dataset: Dataset, out, *, progress: bool = True) -> dict:
     """Fit (trainable sources; checkpoints in ``<out>/work``) and predict every unfinished id."""
+    try:
+        return _run_source(source, dataset, out, progress)
+    finally:
+        source.close()
+
+
+def _run_source(source, dataset, out, progress):
     init_distributed()
     writer = open_writer(out, dataset, producer_of(source))
     todo = _todo(dataset, writer)
@@ -142,6 +151,13 @@ def _read_input(label_set: LabelSet, sample) -> PseudoLabel:
 
 def run_refiner(refiner: Refiner, dataset: Dataset, labels: LabelSet, out, *,
                 progress: bool = True) -> dict:
+    try:
+        return _run_refiner(refiner, dataset, labels, out, progress)
+    finally:
+        refiner.close()
+
+
+def _run_refiner(refiner, dataset, labels, out, progress):
     _check_classes(labels, dataset)
     init_distributed()
     writer = open_writer(out, dataset, producer_of(refiner, {"labels": _input_record(labels)}))
@@ -159,6 +175,13 @@ def run_refiner(refiner: Refiner, dataset: Dataset, labels: LabelSet, out, *,
 
 def run_combiner(combiner: Combiner, dataset: Dataset, label_sets: Sequence[LabelSet], out, *,
                  labelled: Dataset | None = None, progress: bool = True) -> dict:
+    try:
+        return _run_combiner(combiner, dataset, label_sets, out, labelled, progress)
+    finally:
+        combiner.close()
+
+
+def _run_combiner(combiner, dataset, label_sets, out, labelled, progress):
     for label_set in label_sets:
         _check_classes(label_set, dataset)
     if labelled is not None:

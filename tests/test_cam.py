@@ -75,14 +75,34 @@ def test_checkpoint_skips_training_and_matches(trained, tmp_path):
         assert np.array_equal(ref.read_label(image_id), again.read_label(image_id))
 
 
-def test_torchrun_two_processes_equal_one(trained, tmp_path):
-    index = trained["index"]
-    sub = tmp_path / "sub.csv"  # 30 images keep it quick
+def _first_images(index, folder: Path, n: int) -> Path:
+    """An index of the first ``n`` images of ``index`` (same files, via links)."""
     lines = Path(index).read_text().splitlines()
-    sub.write_text("\n".join(lines[:31]) + "\n")
-    shutil.copy(Path(index).parent / "classes.json", tmp_path / "classes.json")
+    (folder / "sub.csv").write_text("\n".join(lines[:n + 1]) + "\n")
+    shutil.copy(Path(index).parent / "classes.json", folder / "classes.json")
     for name in ("images", "masks"):
-        (tmp_path / name).symlink_to(Path(index).parent / name)
+        (folder / name).symlink_to(Path(index).parent / name)
+    return folder / "sub.csv"
+
+
+def test_ir_labels_mode_has_the_uncertain_band(trained, tmp_path):
+    sub = _first_images(trained["index"], tmp_path, 12)
+    run_plabel("source", "cam", "--data", sub, "--config", CPU_CONFIG, "--checkpoint", trained["checkpoint"],
+               "--set", "mode=ir_labels", "--out", tmp_path / "ir", check=True)
+    ls, dataset = LabelSet(tmp_path / "ir"), open_dataset(sub)
+    band = 0
+    for sample in dataset:
+        label = ls.read_label(sample.id)
+        present = set(np.unique(label).tolist()) - {0, 255}
+        assert present <= set(sample.classes)  # only tagged classes
+        band += int((label == 255).sum())
+    assert band > 0
+    report, _ = _miou(sub, tmp_path / "ir")
+    assert report["classes"][0]["precision"] > 0.5
+
+
+def test_torchrun_two_processes_equal_one(trained, tmp_path):
+    sub = _first_images(trained["index"], tmp_path, 30)  # 30 images keep it quick
     common = ["source", "cam", "--data", sub, "--config", CPU_CONFIG, "--checkpoint", trained["checkpoint"]]
     # same threads per process in both runs: oneDNN's sums depend on the thread count
     run_plabel(*common, "--out", tmp_path / "one", env={"OMP_NUM_THREADS": "1"}, check=True)

@@ -185,9 +185,13 @@ def test_pool_gives_the_in_process_result(scenes):
     dataset = open_dataset(scenes)
     samples = dataset.samples[:6]
     pseudos = [PseudoLabel(cv2.erode(s.mask, np.ones((5, 5), np.uint8))) for s in samples]
-    pooled = DenseCRF(workers=2).refine_batch(samples, pseudos)
+    refiner = DenseCRF(workers=2)
+    pooled = refiner.refine_batch(samples, pseudos)
+    refiner.close()
+    again = refiner.refine_batch(samples[:2], pseudos[:2])  # a closed refiner starts a new pool
+    refiner.close()
     alone = DenseCRF(workers=0).refine_batch(samples, pseudos)
-    for a, b in zip(pooled, alone):
+    for a, b in zip(pooled + again, alone + alone[:2]):
         np.testing.assert_array_equal(a.label, b.label)
         np.testing.assert_array_equal(a.scores, b.scores)
     assert any((a.label != p.label).any() for a, p in zip(pooled, pseudos))

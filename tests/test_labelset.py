@@ -118,3 +118,31 @@ def test_killed_write_leaves_no_partial_file_and_resumes_identically(tmp_path):
             assert (killed / folder / name).read_bytes() == (reference / folder / name).read_bytes()
     assert not (killed / ".tmp").exists()
     assert json.loads((killed / "manifest.json").read_text())["counts"] == {"labels": n, "scores": n}
+
+
+def test_runtime_parameters_may_change_between_resumes(tiny, tmp_path):
+    from dataclasses import dataclass
+
+    from plabel_kit import LabelSource, open_dataset
+    from plabel_kit.stages import run_source
+
+    @dataclass
+    class Slow(LabelSource):
+        """All background; ``workers`` changes nothing in the output."""
+
+        level: int = 0
+        workers: int = 1
+        runtime = ("workers",)
+        name = "slow"
+
+        def predict(self, samples):
+            return [PseudoLabel(np.full(s.image.shape[:2], self.level, np.uint8)) for s in samples]
+
+    dataset = open_dataset(tiny)
+    run_source(Slow(workers=1), dataset.subset(["t0"]), tmp_path / "ls", progress=False)
+    run_source(Slow(workers=4), dataset, tmp_path / "ls", progress=False)
+    manifest = json.loads((tmp_path / "ls" / "manifest.json").read_text())
+    assert manifest["producer"]["config"] == {"level": 0}
+    assert manifest["producer"]["runtime"] == {"workers": 1}
+    with pytest.raises(LabelSetError, match="refusing to mix"):
+        run_source(Slow(level=1), dataset, tmp_path / "ls", progress=False)

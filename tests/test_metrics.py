@@ -101,3 +101,16 @@ def test_sweep_finds_the_threshold(tiny, tmp_path, cli_run):
     assert sweep["best_threshold"] == 0.25 and sweep["best_miou"] == 1.0
     assert sweep["miou"][-1] < 1.0 and sweep["miou"][0] < 1.0
     assert "best background threshold 0.25" in result.output
+
+
+def test_evaluate_warns_when_scored_on_the_selection_subset(tiny, tmp_path, cli_run):
+    from plabel_kit import LabelSetWriter, PseudoLabel, open_dataset
+
+    dataset = open_dataset(tiny)
+    writer = LabelSetWriter(tmp_path / "ls", {"type": "test"}, dataset.classes, dataset.palette)
+    for s in dataset:
+        writer.write(s.id, PseudoLabel(s.mask))
+    writer.finish({"summary": {"labelled": {"ids": ["t0", "t2", "elsewhere"]}}})
+    result = cli_run("evaluate", "--data", tiny, "--labels", tmp_path / "ls", "--json", tmp_path / "r.json")
+    assert "warning: 2 evaluated image(s) were also used to fit" in " ".join(result.output.split())
+    assert json.loads((tmp_path / "r.json").read_text())["scored_on_selection_images"] == 2

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plabel_kit import LabelSet, PseudoLabel, open_dataset
+from plabel_kit import DataError, LabelSet, PseudoLabel, open_dataset
 from tests.conftest import VOC_SAMPLES
 from tests.test_crf import cam_like_scores, miou, scenes128, write_cam_like  # noqa: F401 (shared fixture)
 
@@ -127,6 +127,8 @@ def test_stride_one_input_is_pooled_to_the_walk_grid(scene):
     at_full = walker.refine(sample, PseudoLabel(label, full, sample.classes, stride=1))
     np.testing.assert_allclose(at_full.scores, on_grid.scores, atol=1e-6)
     np.testing.assert_array_equal(at_full.label, on_grid.label)
+    with pytest.raises(DataError, match=f"id '{sample.id}': scores are 8x8 at stride 4, which does not cover"):
+        walker.refine(sample, PseudoLabel(label, cams[:, :8, :8], sample.classes, stride=4))
 
 
 def test_a_closed_boundary_stops_the_walk(scene, tmp_path):
@@ -212,7 +214,7 @@ def test_image_affinity_walk_raises_miou_over_cam_like_scores(cli_run, scenes128
     assert result.exit_code == 0, result.output
     results = {"cam": miou(index, cam), "randomwalk": miou(index, out)}
     print("mIoU on 32 synthetic scenes:", json.dumps({k: round(v, 2) for k, v in results.items()}))
-    assert results["randomwalk"] > results["cam"] + 1
+    assert results["randomwalk"] > results["cam"] + 5
     assert LabelSet(out).read_scores(LabelSet(out).ids()[0])[2] == 4
 
 

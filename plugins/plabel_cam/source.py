@@ -62,6 +62,7 @@ class Cam(LabelSource):
 
     inputs: ClassVar[tuple[str, ...]] = ("checkpoint", "pretrained")
     batch_size: ClassVar[int] = 8
+    runtime: ClassVar[tuple[str, ...]] = ("device", "num_workers")
 
     backbone: str = "resnet50_v1c"
     output_stride: int = 16

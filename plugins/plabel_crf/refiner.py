@@ -48,6 +48,7 @@ class DenseCRF(Refiner):
     Writes the refined label map and, with ``save_scores``, the CRF marginals as scores
     (stride 1, background plane first).
 
+    \b
     - ``label`` (IRN / Puzzle-CAM / CSRM; the default): unary from the label map
       (gt_prob 0.7, zero_unsure False); gaussian 3/3, bilateral sxy 50 srgb 5 compat 10.
       The CRF's labels are background, the image's tagged classes and any class in the map
@@ -82,6 +83,7 @@ class DenseCRF(Refiner):
     workers: int | None = None
 
     batch_size = 32
+    runtime = ("workers",)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -194,6 +196,13 @@ class DenseCRF(Refiner):
         if workers <= 1:
             return [run_job(job) for job in jobs]
         return list(self._pool(workers).map(run_job, jobs))
+
+    def close(self):
+        """Shut the worker pool down now (it also goes when the refiner is collected)."""
+        pool = self.__dict__.pop("_executor", None)
+        self.__dict__.pop("_executor_size", None)
+        if pool is not None:
+            pool.shutdown()
 
     def _pool(self, workers: int):
         """A pool kept across batches (started once per stage), shut down with the refiner.

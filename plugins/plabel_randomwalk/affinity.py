@@ -55,7 +55,7 @@ def boundary_affinity(boundary: np.ndarray, radius: int = 5) -> np.ndarray:
     return out
 
 
-def image_affinity(colours: np.ndarray, radius: int = 5, sigma: float = 0.1) -> np.ndarray:
+def image_affinity(colours: np.ndarray, radius: int = 5, sigma: float = 0.05) -> np.ndarray:
     """Colour similarity exp(-|c_i - c_j|^2 / (2 sigma^2)) between cells' mean colours.
     colours float [h, w, C] (RGB in 0..1) -> float64 [D, h, w]. Position enters through the
     radius; the walk's exponent beta sharpens it further."""

@@ -31,13 +31,18 @@ class RandomWalk(Refiner):
     walk grid (keys as input, plus 0 when a background plane was added; stride = walk stride).
 
     Recipes (``stride``, ``beta``, ``alpha`` left at None take the recipe's values):
+
+    \b
     - ``irn``: stride 4, beta 10, 2^8 steps. The foreground planes walk; the result,
       upsampled, is divided by its global max and thresholded at ``threshold`` (0.25).
     - ``psa``: stride 8, beta 8, 2^8 steps, background plane (1 - max)^alpha, alpha 16,
       walked with the classes; label = argmax.
+
     A background plane in the input (key 0) walks too, and the label is then the argmax.
 
     Affinities (``affinity``), between cells within ``radius`` on the walk grid:
+
+    \b
     - ``image``: colour similarity exp(-|dc|^2 / 2 sigma^2) of cells' mean RGB (0..1); needs
       no training.
     - ``boundary``: IRN's, 1 - max boundary on the path, from ``boundaries``/<id>.npy (float
@@ -56,11 +61,12 @@ class RandomWalk(Refiner):
     log_steps: int = 8
     alpha: float | None = None
     threshold: float = 0.25
-    sigma: float = 0.1
+    sigma: float = 0.05
     device: str = "auto"
     save_scores: bool = True
 
     inputs = ("boundaries",)
+    runtime = ("device",)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -131,6 +137,10 @@ class RandomWalk(Refiner):
         scores, keys = pseudo.scores, np.asarray(pseudo.keys, np.int64)
         if not np.isfinite(scores).all():
             raise DataError("scores hold NaN or infinity", path=sample.image_path, image_id=sample.id)
+        (height, width), (h, w) = sample.image.shape[:2], scores.shape[1:]
+        if abs(h * pseudo.stride - height) >= pseudo.stride or abs(w * pseudo.stride - width) >= pseudo.stride:
+            raise DataError(f"scores are {w}x{h} at stride {pseudo.stride}, which does not cover the "
+                            f"{width}x{height} image", path=sample.image_path, image_id=sample.id)
         if pseudo.stride == stride and scores.shape[1:] == grid:
             planes = self.with_background(scores, keys).astype(np.float64)
         else:
