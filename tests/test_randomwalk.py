@@ -249,8 +249,11 @@ def test_errors(cli_run, scenes, tmp_path):
     assert result.exit_code == 1 and "walks score maps" in result.output
     assert first.image_path in result.output and repr(first.id) in result.output
     result = cli_run("refine", "randomwalk", "--data", scenes, "--in", gt, "--out", tmp_path / "y",
+                     "--set", "affinity=affinitnet")
+    assert result.exit_code == 1 and "affinity must be one of image, boundary, affinitynet" in result.output
+    result = cli_run("refine", "randomwalk", "--data", scenes, "--in", gt, "--out", tmp_path / "y2",
                      "--set", "affinity=affinitynet")
-    assert result.exit_code == 1 and "affinity must be one of image, boundary" in result.output
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
     result = cli_run("refine", "randomwalk", "--data", scenes, "--in", gt, "--out", tmp_path / "z",
                      "--set", "affinity=boundary")
     assert result.exit_code == 1 and "--boundaries" in result.output

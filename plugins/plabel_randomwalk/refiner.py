@@ -18,8 +18,8 @@ RECIPES = {
     "irn": {"stride": 4, "beta": 10.0, "alpha": None},
     "psa": {"stride": 8, "beta": 8.0, "alpha": 16.0},
 }
-#: affinity sources; AffinityNet's (PSA's trained one) will join with its plugin
-AFFINITIES = ("image", "boundary")
+#: affinity sources; "affinitynet" is PSA's trained one, from the irnet plugin
+AFFINITIES = ("image", "boundary", "affinitynet")
 
 
 @dataclass
@@ -48,6 +48,10 @@ class RandomWalk(Refiner):
     - ``boundary``: IRN's, 1 - max boundary on the path, from ``boundaries``/<id>.npy (float
       [h, w] in 0..1 on the walk grid or at image size); the scores are first multiplied by
       (1 - boundary), as IRN does.
+    - ``affinitynet``: PSA's AffinityNet (plugin ``irnet``): loaded from ``affinity_checkpoint``,
+      else trained (``affinity_epochs``, ``affinity_crop``; checkpoints in ``<out>/work``)
+      on the IR labels of the input, a CAM label set (its labels in ``mode=ir_labels``, else
+      IR labels of its scores); use with ``recipe=psa``.
 
     ``device``: "auto" (the GPU of this rank when there is one, else CPU), "cpu", "cuda[:n]".
     """
@@ -64,8 +68,11 @@ class RandomWalk(Refiner):
     sigma: float = 0.05
     device: str = "auto"
     save_scores: bool = True
+    affinity_checkpoint: str | None = None
+    affinity_epochs: int = 8
+    affinity_crop: int = 448
 
-    inputs = ("boundaries",)
+    inputs = ("boundaries", "affinity_checkpoint")
     runtime = ("device",)
 
     def __post_init__(self):
@@ -101,6 +108,17 @@ class RandomWalk(Refiner):
             return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
         return "cpu"
 
+    def fit(self, dataset, labels, workdir: Path) -> None:
+        if self.affinity != "affinitynet":
+            return
+        from plabel_cam.source import _log, pick_device
+        from plabel_irnet.affinitynet import AffinityModel, AffinityTraining
+
+        device = pick_device(self.device)
+        self._affinitynet = AffinityModel.load(self.affinity_checkpoint, device) if self.affinity_checkpoint \
+            else AffinityModel.train(dataset, labels, workdir, device,
+                                     AffinityTraining(self.affinity_epochs, crop_size=self.affinity_crop), _log)
+
     def refine(self, sample: Sample, pseudo: PseudoLabel) -> PseudoLabel:
         stride = self.setting("stride")
         size = sample.image.shape[:2]
@@ -110,6 +128,8 @@ class RandomWalk(Refiner):
             boundary = self.boundary_map(sample, grid, stride)
             affinity = boundary_affinity(boundary, self.radius)
             scores = scores * (1.0 - boundary)
+        elif self.affinity == "affinitynet":
+            affinity = self._affinitynet.affinity(sample.image, grid, self.radius)
         else:
             colours = pool_to_grid(np.moveaxis(sample.image, -1, 0) / 255.0, stride)
             affinity = image_affinity(np.moveaxis(colours, 0, -1), self.radius, self.sigma)

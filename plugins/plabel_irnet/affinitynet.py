@@ -1,0 +1,96 @@
+"""AffinityNet (PSA, Ahn & Kwak, CVPR 2018) for the ``randomwalk`` refiner: trained on the
+IR labels of the input CAM set (pairs within radius 5 at stride 8), predicting the walk's
+affinities. The refiner imports this module only with ``affinity=affinitynet``."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FINAL = "affinitynet_final.pth"
+
+
+@dataclass
+class AffinityTraining:
+    """PSA's schedule (8 epochs, batch 8, crop 448 after a random long-side resize to
+    448..768 (crop x 1..12/7), lr 0.1 with 10x for the new layers, weight decay 5e-4, poly
+    0.9), pairs within ``radius`` 5 at stride 8."""
+
+    epochs: int = 8
+    batch_size: int = 8
+    crop_size: int = 448
+    lr: float = 0.1
+    new_lr_mult: float = 10.0
+    weight_decay: float = 5e-4
+    radius: int = 5
+    seed: int = 0
+
+
+class AffinityModel:
+    """A trained AffinityNet and its use by the walk."""
+
+    def __init__(self, net, device):
+        self.net, self.device = net.to(device).eval(), device
+
+    @classmethod
+    def load(cls, path, device) -> "AffinityModel":
+        import torch
+
+        from .model import AffinityNet
+
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "affinitynet" not in state:
+            raise ValueError(f"{path}: not an AffinityNet checkpoint")
+        net = AffinityNet(state["architecture"]["backbone"])
+        net.load_state_dict(state["affinitynet"])
+        return cls(net, device)
+
+    @classmethod
+    def train(cls, dataset, labels, workdir: Path, device, training: AffinityTraining, log) -> "AffinityModel":
+        """Train on ``labels`` (a CAM label set: its IR labels) unless ``workdir`` holds a
+        finished model; resumes from ``workdir/latest.pth``. Backbone from the CAM checkpoint."""
+        import torch
+
+        from .data import IrLabels, PairItems, cam_checkpoint
+        from .model import AffinityNet
+        from .pairs import feature_affinity
+        from .train import Schedule, train_affinity
+
+        workdir = Path(workdir)
+        final = workdir / FINAL
+        if not final.exists():
+            weights = cam_checkpoint(labels)
+            if weights is None:
+                from plabel_kit.errors import LabelSetError
+
+                raise LabelSetError(f"{labels.path}: affinity=affinitynet trains from a CAM label set with its "
+                                    f"checkpoint (<set>/work/cam_final.pth); none found")
+            torch.manual_seed(training.seed)
+            backbone = labels.producer["config"]["backbone"]
+            net = AffinityNet(backbone)
+            net.backbone.load_cam(weights)
+            log(f"affinitynet: {backbone} backbone from {weights}")
+            items = PairItems(dataset, IrLabels(labels), workdir / "ir_labels", stride=8, radius=training.radius,
+                              crop=training.crop_size, seed=training.seed,
+                              resize_long=(training.crop_size, training.crop_size * 12 // 7))
+            old, new = net.parameter_groups()
+            groups = [{"params": old, "lr": training.lr}, {"params": new, "lr": training.lr * training.new_lr_mult}]
+            schedule = Schedule(training.epochs, training.batch_size, training.lr, training.weight_decay, 0.0, 0.9,
+                                training.seed, 0)
+            train_affinity(net, lambda model, images: feature_affinity(model(images), training.radius), groups,
+                           items, schedule, workdir, device, "affinitynet", log)
+            if int(os.environ.get("RANK", 0)) == 0:
+                tmp = workdir / f".{FINAL}.{os.getpid()}"
+                torch.save({"affinitynet": net.state_dict(), "architecture": {"backbone": backbone}}, tmp)
+                os.replace(tmp, final)
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            torch.distributed.barrier()
+        return cls.load(final, device)
+
+    def affinity(self, image: np.ndarray, grid: tuple[int, int], radius: int) -> np.ndarray:
+        """uint8 [H, W, 3] -> float64 [D, h, w] affinities on the walk grid."""
+        from plabel_cam.infer import normalise
+
+        return self.net.grid_affinity(normalise(image).to(self.device), grid, radius)
