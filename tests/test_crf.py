@@ -83,7 +83,7 @@ def test_three_recipes_identical_to_direct_pydensecrf_on_voc(cli_run, voc_csv, t
             "deeplab": (tmp_path / "softmax", ["recipe=deeplab"])}
     for recipe, (source, settings) in runs.items():
         args = [a for s in settings for a in ("--set", s)]
-        result = cli_run("refine", "crf", "--data", voc_csv, "--in", source, "--out", tmp_path / recipe, *args)
+        result = cli_run("refine", "crf", "--data", voc_csv, "--in", source, "--out", tmp_path / recipe, *args, "--set", "backend=pydensecrf")
         assert result.exit_code == 0, result.output
     dataset = open_dataset(voc_csv)
     assert len(dataset) == 7
@@ -130,9 +130,9 @@ def test_label_recipe_keeps_the_ignore_band_and_treats_it_as_unsure(tmp_path):
                        len(keys), (3, 3), (50, 5, 10))
         decided = keys.astype(np.uint8)[q.argmax(0)]
         np.testing.assert_array_equal(crf_label_map(sample.image, banded, sample.classes), decided)
-        refined = DenseCRF(workers=0).refine(sample, PseudoLabel(banded))
+        refined = DenseCRF(backend="pydensecrf", workers=0).refine(sample, PseudoLabel(banded))
         np.testing.assert_array_equal(refined.label, np.where(edges, 255, decided))
-        redecided = DenseCRF(workers=0, keep_ignore=False).refine(sample, PseudoLabel(banded))
+        redecided = DenseCRF(backend="pydensecrf", workers=0, keep_ignore=False).refine(sample, PseudoLabel(banded))
         np.testing.assert_array_equal(redecided.label, decided)
         assert edges.sum() > 1000 and (decided[edges] != sample.mask[edges]).any()
 
@@ -174,7 +174,7 @@ def test_label_recipe_from_scores_is_irns_threshold_then_crf(scenes):
     for threshold in (0.30, 0.05):  # IRN's confident foreground / background
         thresholded = scores_to_labels(resize_scores(scores, sample.mask.shape), keys, threshold)
         expected = crf_label_map(sample.image, thresholded, keys)
-        refined = DenseCRF(workers=0, from_scores=True, threshold=threshold, keep_ignore=False).refine(sample, pseudo)
+        refined = DenseCRF(backend="pydensecrf", workers=0, from_scores=True, threshold=threshold, keep_ignore=False).refine(sample, pseudo)
         np.testing.assert_array_equal(refined.label, expected)
     assert (expected != thresholded).any()
 
@@ -185,12 +185,12 @@ def test_pool_gives_the_in_process_result(scenes):
     dataset = open_dataset(scenes)
     samples = dataset.samples[:6]
     pseudos = [PseudoLabel(cv2.erode(s.mask, np.ones((5, 5), np.uint8))) for s in samples]
-    refiner = DenseCRF(workers=2)
+    refiner = DenseCRF(backend="pydensecrf", workers=2)
     pooled = refiner.refine_batch(samples, pseudos)
     refiner.close()
     again = refiner.refine_batch(samples[:2], pseudos[:2])  # a closed refiner starts a new pool
     refiner.close()
-    alone = DenseCRF(workers=0).refine_batch(samples, pseudos)
+    alone = DenseCRF(backend="pydensecrf", workers=0).refine_batch(samples, pseudos)
     for a, b in zip(pooled + again, alone + alone[:2]):
         np.testing.assert_array_equal(a.label, b.label)
         np.testing.assert_array_equal(a.scores, b.scores)
@@ -252,7 +252,7 @@ def test_refiner_checks_sizes_once_with_the_image_id(tmp_path):
 
     sample = Sample("s1", (1,), str(tmp_path / "s1.png"), _image=np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(DataError, match=r"s1\.png: id 's1': label is 6x6 but the image is 8x8"):
-        DenseCRF(workers=0).refine(sample, PseudoLabel(np.zeros((6, 6), np.uint8)))
+        DenseCRF(backend="pydensecrf", workers=0).refine(sample, PseudoLabel(np.zeros((6, 6), np.uint8)))
     scores = PseudoLabel(np.zeros((8, 8), np.uint8), np.ones((1, 2, 2), np.float32), [1], stride=2)
     with pytest.raises(DataError, match="does not cover the 8x8 image"):
-        DenseCRF(workers=0, recipe="softmax").refine(sample, scores)
+        DenseCRF(backend="pydensecrf", workers=0, recipe="softmax").refine(sample, scores)

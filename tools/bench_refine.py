@@ -7,8 +7,13 @@
   transition matrix squared 8 times (torch, float32) vs the sparse walk, on a crop small
   enough for the dense one (--crop), then the sparse walk alone on full 375x500 images.
   Peak memory is measured in a forked child per run (peak RSS minus RSS before).
+- Dense CRF with 21 labels (IRN's unary from the VOC masks as class ids, label recipe):
+  pydensecrf on 1 core and on the process pool vs the torch backend on the CPU and, when
+  one is present, the GPU (batches of --batch images; GPU memory per image = peak
+  allocated over the batch / batch size). Agreement = pixels whose label equals pydensecrf's.
 
 Usage: python tools/bench_refine.py --n 28 --workers 2
+       python tools/bench_refine.py --parts torch --torch-n 64 --batch 32   (on a GPU machine)
 """
 from __future__ import annotations
 
@@ -74,7 +79,7 @@ def bench_crf(images, workers: int) -> list[tuple]:
     samples = [Sample(f"{i}_{k}", tuple(int(c) for c in np.unique(m) if c), i, _image=image)
                for k, (i, image, m) in enumerate(images)]
     pseudos = [PseudoLabel(mask) for _, _, mask in images]
-    refiner = DenseCRF(workers=workers, save_scores=False)
+    refiner = DenseCRF(workers=workers, save_scores=False, backend="pydensecrf")  # the pool, also on GPU machines
     start = time.perf_counter()
     cpu = cpu_seconds(resource.RUSAGE_SELF) + cpu_seconds(resource.RUSAGE_CHILDREN)
     pooled = []
@@ -90,6 +95,86 @@ def bench_crf(images, workers: int) -> list[tuple]:
             ("", f"crf refiner, {refiner.worker_count()} workers", f"{n / pool_s:.2f} img/s",
              f"{pool_s:.1f} s ({pool_cpu:.1f} s CPU)", "-",
              f"{direct_s / pool_s:.2f}" + ("" if same else " (labels differ!)"))]
+
+
+# ---- dense CRF, torch backend -----------------------------------------------------------
+
+def crf_jobs(images, n_labels: int = 21):
+    """CrfJobs with IRN's label unary over all n_labels classes (mask class ids as labels)."""
+    from plabel_crf.recipes import ITERATIONS, RECIPES, label_unary
+    from plabel_crf.refiner import CrfJob
+
+    return [CrfJob(image, label_unary(mask, n_labels), np.arange(n_labels), RECIPES["label"], ITERATIONS)
+            for _, image, mask in images]
+
+
+def torch_timed(jobs, batch: int, device: str):
+    """(seconds, marginals, peak bytes per image on CUDA or None) of the torch backend."""
+    import torch
+
+    from plabel_crf.torch_crf import dense_crf_batch
+    from plabel_kit.progress import track
+
+    def run(part):
+        return dense_crf_batch([j.image for j in part], [j.unary for j in part], part[0].kernels,
+                               part[0].iterations, device=device)
+
+    per_image = None
+    if device == "cuda":
+        run(jobs[:batch])  # CUDA start-up and allocator warm-up, not timed
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    out = []
+    for at in track(range(0, len(jobs), batch), f"torch crf, {device}"):
+        out += run(jobs[at:at + batch])
+    if device == "cuda":
+        torch.cuda.synchronize()
+        per_image = (torch.cuda.max_memory_allocated() - before) / min(batch, len(jobs))
+    return time.perf_counter() - start, out, per_image
+
+
+def bench_crf_torch(images, workers: int | None, batch: int, threads: int) -> list[tuple]:
+    """pydensecrf on 1 core and the pool vs the torch backend on the same 21-label jobs."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    from plabel_crf.refiner import available_cores, run_job
+    from plabel_kit.progress import track
+
+    torch.set_num_threads(threads)
+    jobs = crf_jobs(images)
+    n = len(jobs)
+    start = time.perf_counter()
+    reference = [run_job(job) for job in track(jobs, "pydensecrf, 1 core, 21 labels")]
+    single_s = time.perf_counter() - start
+    workers = available_cores() if workers is None else workers
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        list(pool.map(run_job, jobs))
+    pool_s = time.perf_counter() - start
+
+    def agreement(marginals) -> str:
+        same = sum(int((a.argmax(0) == b.argmax(0)).sum()) for a, b in zip(reference, marginals))
+        return f"agree {100 * same / sum(a[0].size for a in reference):.3f}%"
+
+    label = f"dense CRF, 21 labels, torch backend (batch {batch})"
+    rows = [(label, "pydensecrf, 1 core", f"{n / single_s:.2f} img/s", f"{single_s:.1f} s", "-", "1.00"),
+            ("", f"pydensecrf, pool of {workers}", f"{n / pool_s:.2f} img/s", f"{pool_s:.1f} s", "-",
+             f"{single_s / pool_s:.2f}")]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        seconds, marginals, per_image = torch_timed(jobs, batch, device)
+        name = (f"torch, CPU, {torch.get_num_threads()} threads" if device == "cpu"
+                else f"torch, {torch.cuda.get_device_name()}")
+        memory = "-" if per_image is None else f"{per_image / 2 ** 20:.0f} MB/img (GPU)"
+        rows.append(("", name, f"{n / seconds:.2f} img/s", f"{seconds:.1f} s", memory,
+                     f"{single_s / seconds:.2f}  ({agreement(marginals)})"))
+    if len(devices) == 1:
+        rows.append(("", "torch, GPU: none present", "-", "-", "-", "-"))
+    return rows
 
 
 # ---- random walk ----------------------------------------------------------------------
@@ -213,16 +298,29 @@ def main():
     parser.add_argument("--crop", type=int, default=192, help="side of the crop the dense walk runs on")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the dense walk (the sparse walk runs on one)")
+    parser.add_argument("--parts", default="crf,walk,torch",
+                        help="comma-separated benchmarks to run: crf, walk, torch")
+    parser.add_argument("--torch-n", type=int, default=7, help="images for the 21-label torch CRF comparison")
+    parser.add_argument("--batch", type=int, default=16, help="images per torch CRF call")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch threads for the torch CRF on the CPU (1: against pydensecrf's 1 core)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     images = voc_images(args.n)
     load = os.getloadavg()[0]
-    rows = bench_crf(images, args.workers)
-    rows += bench_walk(images, args.crop, args.threads)
+    rows = []
+    if "crf" in parts:
+        rows += bench_crf(images, args.workers)
+    if "walk" in parts:
+        rows += bench_walk(images, args.crop, args.threads)
+    if "torch" in parts:
+        rows += bench_crf_torch(voc_images(args.torch_n), args.workers, args.batch, args.torch_threads)
     header = ("benchmark", "method", "speed", "total", "peak memory", "speed-up")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths)] + rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
-    print(f"{len(images)} images; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after, "
+    torch_n = f" ({args.torch_n} for torch)" if "torch" in parts else ""
+    print(f"{len(images)} images{torch_n}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after, "
           f"on {os.cpu_count()} cores")
 
 

@@ -17,6 +17,7 @@ from .recipes import (GT_PROB, ITERATIONS, RECIPES, Kernels, compact_labels, den
 
 #: recipes whose unary comes from scores, not from the label map
 SCORE_RECIPES = ("softmax", "deeplab")
+BACKENDS = ("pydensecrf", "torch")
 
 
 class CrfJob(NamedTuple):
@@ -32,6 +33,13 @@ class CrfJob(NamedTuple):
 def run_job(job: CrfJob) -> np.ndarray:
     """Marginals float32 [n, H, W] of one job (runs in a pool worker)."""
     return dense_crf(job.image, job.unary, job.kernels, job.iterations)
+
+
+def default_backend() -> str:
+    """torch when a GPU is present (where it is many times faster), else pydensecrf."""
+    import torch
+
+    return "torch" if torch.cuda.is_available() else "pydensecrf"
 
 
 def available_cores() -> int:
@@ -63,8 +71,12 @@ class DenseCRF(Refiner):
       255 band is not read unless ``keep_ignore``).
     - ``deeplab`` (DeepLab-v2): as ``softmax`` with gaussian 1/3, bilateral 67/3/4.
 
-    Kernel parameters left at None take the recipe's values. ``workers`` processes run
-    the images of a batch in parallel (None: all cores; 0 or 1: in this process).
+    Kernel parameters left at None take the recipe's values. ``backend``: ``pydensecrf``
+    (``workers`` processes run the images of a batch in parallel; None: all cores; 0 or 1:
+    in this process) or ``torch`` (the same model, :mod:`plabel_crf.torch_crf`, a batch per
+    call, on the GPU when there is one; labels agree with pydensecrf's to float rounding,
+    not bit for bit, so the two are not mixed on resume); ``auto``: torch when a GPU is
+    present, else pydensecrf (the manifest records the one chosen).
     """
 
     recipe: str = "label"
@@ -81,6 +93,7 @@ class DenseCRF(Refiner):
     keep_ignore: bool | None = None
     save_scores: bool = True
     workers: int | None = None
+    backend: str = "auto"
 
     batch_size = 32
     runtime = ("workers",)
@@ -95,6 +108,10 @@ class DenseCRF(Refiner):
         if self.from_scores and self.recipe != "label":
             raise ValueError("from_scores applies to the label recipe; the score recipes always "
                              "read the scores")
+        if self.backend == "auto":
+            self.backend = default_backend()
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of auto, {', '.join(BACKENDS)}, not {self.backend!r}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         for name, value in self.kernels()._asdict().items():
@@ -192,6 +209,11 @@ class DenseCRF(Refiner):
         return available_cores() if self.workers is None else self.workers
 
     def _map(self, jobs: list[CrfJob]) -> list[np.ndarray]:
+        if self.backend == "torch":
+            from .torch_crf import dense_crf_batch
+
+            return dense_crf_batch([job.image for job in jobs], [job.unary for job in jobs], self.kernels(),
+                                   self.iterations)
         workers = min(self.worker_count(), len(jobs))
         if workers <= 1:
             return [run_job(job) for job in jobs]
