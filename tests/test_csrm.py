@@ -299,3 +299,143 @@ def _miou(index, labels, *extra):
     out = Path(labels) / "eval.json"
     run_plabel("evaluate", "--data", index, "--labels", labels, "--json", out, *extra, check=True)
     return json.loads(out.read_text())
+
+
+SCENES, SIZE = 96, 96  # the comparison's synthetic set: n scenes of SIZE px
+CAM_EPOCHS, CSRM_EPOCHS = 16, 5  # CAM gets CAM_EPOCHS + CSRM_EPOCHS; CSRM starts from CAM_EPOCHS
+SMALL = ["--set", f"crop_size={SIZE}", "--set", f"resize_long=({SIZE * 3 // 4},{SIZE * 5 // 4})"]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """CAM trained CAM_EPOCHS + CSRM_EPOCHS epochs vs CAM trained CAM_EPOCHS epochs then CSRM
+    CSRM_EPOCHS epochs warm-started from it: same backbone, images and epochs, both without CRF."""
+    root = tmp_path_factory.mktemp("csrm")
+    index = make_scenes(root / "scenes", n=SCENES, size=SIZE, seed=0, progress=False)
+    runs = {"cam_long": ["cam", "--config", CAM_CONFIG, "--set", f"epochs={CAM_EPOCHS + CSRM_EPOCHS}"],
+            "cam_short": ["cam", "--config", CAM_CONFIG, "--set", f"epochs={CAM_EPOCHS}"],
+            "csrm": ["csrm", "--config", CSRM_CONFIG, "--set", f"epochs={CSRM_EPOCHS}", "--set", "crf=false",
+                     "--cam-checkpoint", root / "cam_short" / "work" / "cam_final.pth"]}
+    seconds = {}
+    for name, args in runs.items():
+        start = time.perf_counter()
+        result = run_plabel("source", args[0], "--data", index, "--out", root / name, *args[1:], *SMALL,
+                            env={"PLABEL_QUIET": "0"}, check=True)
+        seconds[name] = time.perf_counter() - start
+        if name == "csrm":
+            stderr = result.stderr
+    return {"index": index, "root": root, "seconds": seconds, "stderr": stderr,
+            "checkpoint": root / "csrm" / "work" / "csrm_final.pth"}
+
+
+def test_csrm_labels_beat_cam_labels_with_the_same_budget(compared, capsys):
+    index, root = compared["index"], compared["root"]
+    cam = _miou(index, root / "cam_long", "--sweep")
+    csrm = _miou(index, root / "csrm", "--sweep")
+    with capsys.disabled():
+        print(f"\nsynthetic scenes n={SCENES} {SIZE}px, resnet18_small: CAM {CAM_EPOCHS + CSRM_EPOCHS} epochs "
+              f"mIoU {100 * cam['miou']:.1f} (best threshold {cam['sweep']['best_threshold']:.2f}: "
+              f"{100 * cam['sweep']['best_miou']:.1f}); CAM {CAM_EPOCHS} + CSRM {CSRM_EPOCHS} epochs mIoU "
+              f"{100 * csrm['miou']:.1f} at 0.4 (best {100 * csrm['sweep']['best_miou']:.1f}); seconds "
+              + ", ".join(f"{k} {v:.0f}" for k, v in compared["seconds"].items()))
+    # CSRM at its fixed threshold against CAM at the best threshold of the sweep
+    assert csrm["miou"] > cam["sweep"]["best_miou"]
+
+
+def test_training_log_manifest_and_scores(compared):
+    index, root = compared["index"], compared["root"]
+    assert "warm start from the CAM checkpoint" in compared["stderr"]
+    assert f"CSRM epoch {CSRM_EPOCHS}/{CSRM_EPOCHS}: loss" in compared["stderr"]
+    ls = LabelSet(root / "csrm")
+    assert ls.manifest["counts"] == {"labels": SCENES, "scores": SCENES}
+    summary = ls.manifest["summary"]
+    assert summary["warm_start"] == "cam_checkpoint" and summary["epochs_trained"] == CSRM_EPOCHS
+    history = summary["history"]
+    assert [h["epoch"] for h in history] == list(range(1, CSRM_EPOCHS + 1))
+    assert history[0]["s2c"] == history[0]["u"] == history[0]["contrast"] == 0  # the warm-up epoch
+    assert all(h["s2c"] > 0 and h["u"] > 0 for h in history[1:])
+    sample = open_dataset(index)[3]
+    pseudo = ls.read(sample.id)
+    assert pseudo.keys.tolist() == list(sample.classes)
+    assert pseudo.scores.shape == (len(sample.classes), SIZE, SIZE)
+    assert np.allclose(pseudo.scores.reshape(len(sample.classes), -1).max(1), 1.0, atol=1e-3)
+    with np.load(ls.scores_path(sample.id)) as saved:
+        assert saved["scores"].dtype == np.float16
+
+
+def test_checkpoint_skips_training_and_segmentation_output(compared, tmp_path):
+    index = compared["index"]
+    result = run_plabel("source", "csrm", "--data", index, "--out", tmp_path / "seg", "--config", CSRM_CONFIG,
+                        "--checkpoint", compared["checkpoint"], "--set", "output=seg", "--set", "scales=(1.0,)",
+                        *SMALL, env={"PLABEL_QUIET": "0"}, check=True)
+    assert "CSRM epoch" not in result.stderr
+    ls = LabelSet(tmp_path / "seg")
+    assert ls.manifest["summary"]["trained_here"] is False
+    assert ls.manifest["summary"]["epochs_trained"] == CSRM_EPOCHS  # read from the checkpoint
+    for sample in open_dataset(index).samples[:5]:
+        pseudo = ls.read(sample.id)
+        assert pseudo.keys.tolist() == [0, *sample.classes]
+        assert np.allclose(pseudo.scores.astype(np.float32).sum(0), 1.0, atol=1e-2)
+        assert set(np.unique(pseudo.label)) <= {0, *sample.classes}  # the CRF keeps to the image's classes
+
+
+TINY = ["--config", CSRM_CONFIG, "--set", "crop_size=64", "--set", "resize_long=(48,80)", "--set",
+        "train_batch_size=8", "--set", "warmup_epochs=1", "--set", "scales=(1.0,)", "--set", "flip=false",
+        "--set", "crf=false", "--set", "num_queries=16", "--set", "memory_size=200",
+        "--set", "memory_size_background=200"]
+
+
+@pytest.fixture(scope="module")
+def tiny_scenes(tmp_path_factory):
+    return make_scenes(tmp_path_factory.mktemp("tiny") / "s", n=16, size=64, seed=1, progress=False)
+
+
+def test_interrupted_training_resumes_to_identical_weights(tiny_scenes, tmp_path):
+    args = ["source", "csrm", "--data", tiny_scenes, *TINY, "--set", "epochs=3"]
+    run_plabel(*args, "--out", tmp_path / "whole", check=True)
+
+    plabel = Path(sys.executable).parent / "plabel"
+    proc = subprocess.Popen([str(plabel), *map(str, args), "--out", str(tmp_path / "broken")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "broken" / "work" / "latest.pth"
+    while not latest.exists():
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "broken" / "work" / "csrm_final.pth").exists()
+    epoch = torch.load(latest, weights_only=False)["epoch"]
+    result = run_plabel(*args, "--out", tmp_path / "broken", env={"PLABEL_QUIET": "0"}, check=True)
+    assert f"resuming CSRM training after epoch {epoch}" in result.stderr
+    a = torch.load(tmp_path / "whole" / "work" / "csrm_final.pth", weights_only=False)["model"]
+    b = torch.load(tmp_path / "broken" / "work" / "csrm_final.pth", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_training_two_processes(tiny_scenes, tmp_path):
+    plabel = Path(sys.executable).parent / "plabel"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                             "--master-port", "29527", str(plabel), "source", "csrm", "--data", str(tiny_scenes),
+                             *map(str, TINY), "--set", "epochs=2", "--out", str(tmp_path / "ddp")],
+                            capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PLABEL_QUIET="0"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("CSRM epoch 2/2: loss") == 1  # only rank 0 logs
+    state = torch.load(tmp_path / "ddp" / "work" / "latest.pth", weights_only=False)
+    assert state["epoch"] == 2 and len(state["bank"]["queues"]) == 7
+    assert (tmp_path / "ddp" / "work" / "csrm_final.pth").exists()
+    assert json.loads((tmp_path / "ddp" / "manifest.json").read_text())["counts"]["labels"] == 16
+
+
+def test_wrong_cam_checkpoint_and_missing_crf_fail_clearly(compared, tmp_path, monkeypatch):
+    result = run_plabel("source", "csrm", "--data", compared["index"], "--out", tmp_path / "x", "--config",
+                        CSRM_CONFIG, "--set", "output_stride=16", "--cam-checkpoint",
+                        compared["root"] / "cam_short" / "work" / "cam_final.pth")
+    assert result.returncode != 0
+    assert "use --set backbone=resnet18_small --set output_stride=8" in result.stderr
+    from plabel_kit import get_registry
+    from plabel_kit.errors import RegistryError
+
+    monkeypatch.setitem(sys.modules, "plabel_crf.recipes", None)  # as if the crf plugin were not installed
+    with pytest.raises(RegistryError, match=r"crf=true needs the dense CRF plugin.*--set crf=false"):
+        get_registry().build("label_source", {"type": "csrm", "c2s_crf": False})
+    assert get_registry().build("label_source", {"type": "csrm", "crf": False, "c2s_crf": False}).output == "cam"

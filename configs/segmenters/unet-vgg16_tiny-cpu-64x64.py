@@ -13,6 +13,9 @@ model = dict(
         num_classes=7,
         norm_cfg={{_base_.norm_cfg}},
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+        # PyTorch's default init for conv_seg: mmseg's normal(std=0.01) keeps the
+        # foreground classes tied for hundreds of steps on tiny data
+        init_cfg=None),
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))

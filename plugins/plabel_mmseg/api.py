@@ -74,7 +74,7 @@ def train(config, *, data=None, labels=None, manual=None, split=None, manual_spl
 
     ``resume`` continues from the work dir's last checkpoint (mmengine's ``last_checkpoint``).
     ``val`` scores a dataset's ground truth every ``train_cfg.val_interval`` iterations."""
-    cfg = C.load(config, cfg_options)
+    cfg = C.load(config)
     if data is not None:
         C.set_train_data(cfg, data, labels, manual, split)
         if manual_split is not None:
@@ -94,6 +94,7 @@ def train(config, *, data=None, labels=None, manual=None, split=None, manual_spl
         cfg.optim_wrapper["loss_scale"] = "dynamic"
     cfg.work_dir = _work_dir(cfg, config, work)
     cfg.resume = resume
+    cfg.merge_from_dict(cfg_options or {})  # explicit overrides win
     _runner(cfg, launcher).train()
     return Path(cfg.work_dir)
 
@@ -104,7 +105,7 @@ def test(config, checkpoint=None, *, data=None, split=None, work=None,
     and ``IoU.<class>`` in percent. Without a checkpoint the freshly initialised model is
     scored (the floor a trained one must clear). Logs go to ``work`` (default: beside the
     checkpoint)."""
-    cfg = C.load(config, cfg_options)
+    cfg = C.load(config)
     if data is not None:
         C.set_eval_data(cfg, "test", data, split)
     if checkpoint is not None:
@@ -116,4 +117,5 @@ def test(config, checkpoint=None, *, data=None, split=None, work=None,
     if _without_data(cfg, "val"):
         C.drop_validation(cfg)
     cfg.train_dataloader = cfg.train_cfg = cfg.optim_wrapper = cfg.param_scheduler = None
+    cfg.merge_from_dict(cfg_options or {})
     return _runner(cfg, launcher).test()

@@ -15,17 +15,14 @@ from plabel_kit.datasets import VOC_CLASSES, read_classes
 DATASET_TYPE = "PlabelSegDataset"
 
 
-def load(config, cfg_options: dict | None = None):
-    """mmengine Config from a file, with ``--cfg-options`` merged (mmengine's syntax)."""
+def load(config):
+    """mmengine Config from a file (its ``custom_imports`` run)."""
     from mmengine.config import Config
 
     path = Path(config)
     if not path.is_file():
         raise DataError("config file not found", path=path)
-    cfg = Config.fromfile(str(path))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
+    return Config.fromfile(str(path))
 
 
 def parse_cfg_options(pairs) -> dict:

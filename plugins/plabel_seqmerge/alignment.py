@@ -109,7 +109,7 @@ class FlowTracker:
         while len(store) > self.capacity:
             store.popitem(last=False)
 
-    def grey(self, sequence_id: str, position: int) -> tuple[np.ndarray, tuple[int, int]]:
+    def small_grey(self, sequence_id: str, position: int) -> tuple[np.ndarray, tuple[int, int]]:
         """(grey uint8 [h, w] at working resolution, full size (H, W)) of one image."""
         key = (sequence_id, position)
         if key not in self._greys:
@@ -128,7 +128,7 @@ class FlowTracker:
                 self._chains.move_to_end((sequence_id, anchor, known))
                 break
         else:
-            small, _ = self.grey(sequence_id, anchor)
+            small, _ = self.small_grey(sequence_id, anchor)
             state = (identity_coords(small.shape), np.ones(small.shape, dtype=bool))
             self._remember(self._chains, (sequence_id, anchor, anchor), state)
         for following in range(start + direction, position + direction, direction):
@@ -139,12 +139,12 @@ class FlowTracker:
 
     def _step(self, sequence_id: str, anchor: int, previous: int, position: int, state):
         """The chain extended from the image at ``previous`` to the one at ``position``."""
-        current, current_size = self.grey(sequence_id, previous)
-        following, following_size = self.grey(sequence_id, position)
+        current, current_size = self.small_grey(sequence_id, previous)
+        following, following_size = self.small_grey(sequence_id, position)
         if current_size != following_size:
             return None
         step, consistent = step_back(current, following)
-        coords, valid = chain(*state, step, consistent, self.grey(sequence_id, anchor)[0].shape)
+        coords, valid = chain(*state, step, consistent, self.small_grey(sequence_id, anchor)[0].shape)
         return (coords, valid) if valid.mean() >= self.min_tracked else None
 
     def carry(self, sequence_id: str, anchor: int, position: int, mask: np.ndarray) -> np.ndarray | None:
@@ -153,7 +153,7 @@ class FlowTracker:
         chained = self.track(sequence_id, anchor, position)
         if chained is None:
             return None
-        _, size = self.grey(sequence_id, position)
+        _, size = self.small_grey(sequence_id, position)
         if mask.shape != tuple(size):
             return None
         coords, valid = full_resolution(*chained, size)

@@ -62,6 +62,7 @@ class CamFeatures(Embedder):
     resized so that their longer side is ``size`` (0 = as they are)."""
 
     inputs: ClassVar[tuple[str, ...]] = ("checkpoint",)
+    runtime: ClassVar[tuple[str, ...]] = ("device",)
 
     checkpoint: str | None = None
     size: int = 256

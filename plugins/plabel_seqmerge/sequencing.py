@@ -52,15 +52,19 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
 
 def pca_project(features: np.ndarray, dims: int) -> np.ndarray:
     """float32 [N, D] -> [N, min(dims, N, D)]: centred and projected on the leading
-    principal axes (SChISM reduces ResNet-50 features to 256). ``dims`` 0 = unchanged."""
+    principal axes (SChISM reduces ResNet-50 features to 256). ``dims`` 0 = unchanged.
+    The axes come from the D x D covariance, so memory does not grow with N beyond the input."""
     features = np.asarray(features, dtype=np.float32)
     if dims <= 0:
         return features
     n, d = features.shape
     dims = min(dims, n, d)
-    centred = features - features.mean(axis=0, keepdims=True)
-    _, _, axes = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
-    return (centred @ axes[:dims].T.astype(np.float32)).astype(np.float32)
+    mean = features.mean(axis=0, dtype=np.float64)
+    centred = features - mean.astype(np.float32)
+    covariance = centred.T.astype(np.float64) @ centred.astype(np.float64)
+    _, vectors = np.linalg.eigh(covariance)  # ascending eigenvalues
+    axes = vectors[:, ::-1][:, :dims].astype(np.float32)
+    return centred @ axes
 
 
 def window_pairs(n_days: int, window: int) -> list[tuple[int, int]]:
@@ -127,6 +131,6 @@ def connected_groups(n: int, links) -> list[list[int]]:
 
 def medoid(features: np.ndarray) -> int:
     """Index of the row with the highest summed cosine similarity to the others
-    (features float [N, D], N >= 1); ties go to the earlier row."""
-    unit = unit_rows(features)
-    return int(np.argmax((unit @ unit.T).sum(axis=1)))
+    (features float [N, D], N >= 1); ties (to 1e-6, float32 noise) go to the earlier row."""
+    unit = unit_rows(features).astype(np.float64)
+    return int(np.argmax(np.round((unit @ unit.T).sum(axis=1), 6)))

@@ -58,21 +58,26 @@ class _Cache(OrderedDict):
 class SeqMerge(LabelSource):
     """Reads a sequences file (``plabel sequence build``), one manual annotation per
     sequence (``<id>.png`` or LabelMe ``<id>.json`` in ``annotations``) and a CAM label
-    set (``cam``, e.g. from the ``cam`` source); writes labels (no scores).
+    set (``cam``, e.g. from the ``cam`` source); writes labels (no scores). Seed 000
+    (Mousavi et al.), sections 3.1-3.3.
 
     Every image of a sequence gets the manual mask of the sequence's annotated image,
     carried onto it (``align``: ``none`` = resize only, as the paper; ``homography`` =
     ``features`` + ratio test + RANSAC with sanity checks; ``flow`` = DIS optical flow
     chained along the time-ordered sequence from the annotated image, forward-backward
-    checked; each falls back to the next simpler one when it fails), then merged with
-    its CAM labels (``merge``: ``paper`` = Equation 1 of seed 000, Mousavi et al.: a
-    pixel takes the CAM class where CAM assigns a class and the carried mask does not;
-    ``confident`` = the same with only CAM pixels whose normalised score reaches
-    ``confidence``, 0.30 being IRN's confident-foreground threshold; ``none`` = carried
-    mask alone). Annotated images keep their manual masks. Unsequenced images, and the
-    images of sequences without a usable annotation (missing, or not the size of its
-    image: reported by id), get their CAM labels. A sequence with several annotated
-    images carries each image's mask from the nearest one in time order."""
+    checked). Each falls back to the next simpler one when it fails, and pixels it cannot
+    place (outside the warped frame, untracked) take the next simpler one's label.
+    Then the carried mask is merged with the image's CAM labels (``merge``: ``paper`` =
+    Equation 1: a pixel takes the CAM class where CAM assigns a class and the carried mask
+    does not; ``confident`` = the same with only confident CAM pixels: normalised score >=
+    the class's threshold, which starts at ``confidence`` (0.30, IRN's confident
+    foreground) and is raised, per class, until CAM's pixels of that class were right at
+    least ``min_precision`` of the time on the annotated images (never, if no threshold
+    gets there; 0 = no calibration); ``none`` = the carried mask alone).
+    Annotated images keep their manual masks. Unsequenced images, and the images of
+    sequences without a usable annotation (missing, or not the size of its image:
+    reported by id), get their CAM labels. A sequence with several annotated images
+    carries each image's mask from the nearest one in time order."""
 
     inputs: ClassVar[tuple[str, ...]] = ("sequences", "annotations", "cam")
     batch_size: ClassVar[int] = 8
@@ -117,6 +122,7 @@ class SeqMerge(LabelSource):
         self._problems: dict[str, list] = {MISSING: [], BAD_SIZE: []}
         self._place: dict[str, tuple[dict, int]] = {}
         self._annotated: dict[str, list[tuple[int, Path]]] = {}
+        self._unannotated: dict[str, str] = {}  # sequence id -> why it has no usable annotation
         self._not_in_file: set[str] = set()
         self._dataset = None
         self._thresholds = None
@@ -139,15 +145,19 @@ class SeqMerge(LabelSource):
         self._dataset = dataset
         self._sequences = {s["id"]: s for s in document["sequences"]}
         for sequence in document["sequences"]:
-            usable = []
+            found, usable = 0, []
             for position, image_id in enumerate(sequence["images"]):
                 self._place[image_id] = (sequence, position)
                 path = annotation_path(self.annotations, image_id)
-                if path is not None and self._check_size(path, image_id):
-                    usable.append((position, path))
-            if not usable:
+                if path is not None:
+                    found += 1
+                    if self._check_size(path, image_id):
+                        usable.append((position, path))
+            if not found:
                 self._problems[MISSING].append({"sequence": sequence["id"], "expected": sequence["representative"],
                                                 "images": len(sequence["images"])})
+            if not usable:
+                self._unannotated[sequence["id"]] = BAD_SIZE if found else MISSING
             self._annotated[sequence["id"]] = usable
         self._report_problems()
         if self.merge == "confident":
@@ -168,9 +178,9 @@ class SeqMerge(LabelSource):
 
     def _calibrate(self):
         """Per class, the lowest CAM score threshold (from ``confidence`` up in steps of 0.05)
-        at which the CAM's pixels of that class are right ``min_precision`` of the time on
-        the annotated images: CAM pixels only overwrite carried background where CAM has
-        been more often right than wrong."""
+        at which the CAM's pixels of that class are right at least ``min_precision`` of the
+        time on the annotated images, so that CAM pixels overwrite carried background only
+        where they have been right at least that often."""
         grid = np.round(np.arange(self.confidence, 1.0 + 1e-9, 0.05), 4)
         labelled = np.zeros((self._dataset.num_classes, len(grid)), dtype=np.int64)
         correct = np.zeros_like(labelled)
@@ -249,8 +259,8 @@ class SeqMerge(LabelSource):
             return self._cam.read_label(sample.id, size)
         sequence, position = self._place[sample.id]
         annotated = self._annotated[sequence["id"]]
-        if not annotated:
-            self._counts[MISSING] += 1
+        if not annotated:  # none found, or none the size of its image
+            self._counts[self._unannotated[sequence["id"]]] += 1
             return self._cam.read_label(sample.id, size)
         anchor = nearest_annotated(position, [p for p, _ in annotated])
         anchor_id = sequence["images"][anchor]
@@ -270,6 +280,9 @@ class SeqMerge(LabelSource):
         if self._dataset is None:
             raise RuntimeError("seqmerge: fit() must run before predict()")
         return [PseudoLabel(self._label(sample)) for sample in samples]
+
+    def close(self) -> None:
+        self._images = self._masks = self._tracker = None
 
     def summary(self) -> dict:
         """Images per outcome, alignments used, fallbacks taken, problems by id (this run)."""
