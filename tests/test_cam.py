@@ -19,14 +19,22 @@ from tests.conftest import REPO, run_plabel
 CPU_CONFIG = REPO / "configs" / "sources" / "cam_resnet18_cpu.py"
 
 
+def _child_cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The small CPU config trained on 200 synthetic scenes, as a user runs it."""
     root = tmp_path_factory.mktemp("cam")
     index = make_scenes(root / "scenes", n=200, size=128, seed=0, progress=False)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _child_cpu_seconds()
     run_plabel("source", "cam", "--data", index, "--out", root / "cam", "--config", CPU_CONFIG, check=True)
     return {"index": index, "labels": root / "cam", "seconds": time.perf_counter() - start,
+            "cpu_seconds": _child_cpu_seconds() - cpu_start,
             "checkpoint": root / "cam" / "work" / "cam_final.pth", "root": root}
 
 
@@ -45,10 +53,12 @@ def test_small_cpu_config_beats_trivial_baselines(trained, capsys):
     cam = _miou(index, trained["labels"])[0]["miou"]
     best_trivial = max(baselines.values())
     with capsys.disabled():
-        print(f"\nCAM (resnet18_small, 20 epochs, 200 scenes): trained+labelled in {trained['seconds']:.0f} s; "
+        print(f"\nCAM (resnet18_small, 20 epochs, 200 scenes): trained+labelled in {trained['seconds']:.0f} s "
+              f"wall, {trained['cpu_seconds']:.0f} s CPU; "
               f"mIoU {100 * cam:.1f} at threshold 0.15 vs trivial: "
               + ", ".join(f"{k} {100 * v:.1f}" for k, v in baselines.items()))
-    assert trained["seconds"] < 600, "the small CPU config must train and label in under 10 minutes"
+    # "under 10 minutes on 2 cores", stated as CPU time so that a busy machine cannot fail it
+    assert trained["cpu_seconds"] < 2 * 600, "the small CPU config must train and label in 10 min on 2 cores"
     assert cam > 1.8 * best_trivial  # measured: about 2x at the paper's threshold 0.15
     ls = LabelSet(trained["labels"])
     assert ls.manifest["counts"] == {"labels": 200, "scores": 200}
