@@ -107,8 +107,10 @@ def test_ir_labels_mode_has_the_uncertain_band(trained, tmp_path):
         assert present <= set(sample.classes)  # only tagged classes
         band += int((label == 255).sum())
     assert band > 0
-    report, _ = _miou(sub, tmp_path / "ir")
-    assert report["classes"][0]["precision"] > 0.5
+    # the same CAMs as the threshold mode: only the labels differ
+    for sample in list(dataset)[:3]:
+        assert ls.scores_path(sample.id).read_bytes() == \
+            LabelSet(trained["labels"]).scores_path(sample.id).read_bytes()
 
 
 def test_torchrun_two_processes_equal_one(trained, tmp_path):
