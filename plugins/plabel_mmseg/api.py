@@ -1,0 +1,121 @@
+"""Training and testing segmenters with mmengine's Runner; ``plabel segment`` and
+``tools/train.py`` / ``tools/test.py`` both call these."""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from plabel_kit import DataError
+
+from . import config as C
+from .checkpoints import read_mmengine_checkpoints
+
+LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
+
+
+def default_launcher() -> str:
+    """'pytorch' inside a multi-process torchrun, else 'none'."""
+    return "pytorch" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else "none"
+
+
+def import_mmseg_modules():
+    """Import every plugin's ``mmseg_custom_imports`` so their mmseg registrations run."""
+    from plabel_kit import get_plugins
+
+    for name in get_plugins().mmseg_custom_imports():
+        importlib.import_module(name)
+
+
+def _join_process_group(launcher: str):
+    """mmengine's pytorch launcher calls torch.cuda.set_device, which a CPU-only torch
+    lacks; on CPU join torchrun's group with gloo here and mmengine uses that group."""
+    import torch
+    import torch.distributed as dist
+
+    if launcher == "pytorch" and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo")
+
+
+def _runner(cfg, launcher: str | None):
+    import torch
+    from mmengine.runner import Runner
+
+    launcher = launcher or default_launcher()
+    if launcher not in LAUNCHERS:
+        raise DataError(f"launcher must be one of {', '.join(LAUNCHERS)}, not {launcher!r}")
+    cfg.launcher = launcher
+    C.adapt_to_device(cfg, launcher, torch.cuda.is_available())
+    import_mmseg_modules()
+    read_mmengine_checkpoints()
+    _join_process_group(launcher)
+    return Runner.from_cfg(cfg)
+
+
+def _work_dir(cfg, config, work) -> str:
+    if work is not None:
+        return str(work)
+    return cfg.get("work_dir") or str(Path("work_dirs") / Path(config).stem)
+
+
+def _without_data(cfg, stage: str) -> bool:
+    loader = cfg.get(f"{stage}_dataloader")
+    return bool(loader) and loader["dataset"].get("type") == C.DATASET_TYPE and \
+        loader["dataset"].get("data") is None
+
+
+def train(config, *, data=None, labels=None, manual=None, split=None, manual_split=None,
+          val=None, val_split=None, work=None, iters: int | None = None, pretrained=None,
+          resume: bool = False, amp: bool = False, cfg_options: dict | None = None,
+          launcher: str | None = None) -> Path:
+    """Train the segmenter of ``config`` on ``data`` with label set ``labels`` (None: its
+    ground-truth masks) plus the manually labelled dataset ``manual``; returns the work dir
+    (checkpoints, ``last_checkpoint``, logs and ``vis_data/scalars.json`` with the losses).
+
+    ``resume`` continues from the work dir's last checkpoint (mmengine's ``last_checkpoint``).
+    ``val`` scores a dataset's ground truth every ``train_cfg.val_interval`` iterations."""
+    cfg = C.load(config)
+    if data is not None:
+        C.set_train_data(cfg, data, labels, manual, split)
+        if manual_split is not None:
+            cfg.train_dataloader["dataset"]["manual_split"] = manual_split
+    elif labels is not None or manual is not None:
+        raise DataError("--labels and --manual need --data")
+    if val is not None:
+        C.set_eval_data(cfg, "val", val, val_split)
+    elif _without_data(cfg, "val"):
+        C.drop_validation(cfg)
+    if iters is not None:
+        C.set_iters(cfg, iters)
+    if pretrained is not None:
+        C.set_pretrained(cfg, pretrained)
+    if amp and cfg.optim_wrapper.get("type") != "AmpOptimWrapper":
+        cfg.optim_wrapper["type"] = "AmpOptimWrapper"
+        cfg.optim_wrapper["loss_scale"] = "dynamic"
+    cfg.work_dir = _work_dir(cfg, config, work)
+    cfg.resume = resume
+    cfg.merge_from_dict(cfg_options or {})  # explicit overrides win
+    _runner(cfg, launcher).train()
+    return Path(cfg.work_dir)
+
+
+def test(config, checkpoint=None, *, data=None, split=None, work=None,
+         cfg_options: dict | None = None, launcher: str | None = None) -> dict:
+    """Score ``checkpoint`` on the ground truth of ``data``: ``mIoU``, ``fwIoU``, ``aAcc``
+    and ``IoU.<class>`` in percent. Without a checkpoint the freshly initialised model is
+    scored (the floor a trained one must clear). Logs go to ``work`` (default: beside the
+    checkpoint)."""
+    cfg = C.load(config)
+    if data is not None:
+        C.set_eval_data(cfg, "test", data, split)
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise DataError("checkpoint not found", path=checkpoint)
+        cfg.load_from = str(checkpoint)
+    cfg.work_dir = str(work) if work is not None else (
+        str(Path(checkpoint).parent) if checkpoint is not None else _work_dir(cfg, config, None))
+    if _without_data(cfg, "val"):
+        C.drop_validation(cfg)
+    cfg.train_dataloader = cfg.train_cfg = cfg.optim_wrapper = cfg.param_scheduler = None
+    cfg.merge_from_dict(cfg_options or {})
+    return _runner(cfg, launcher).test()

@@ -1,0 +1,80 @@
+"""Train a segmenter (mmseg's tools/train.py, plus plabel's data options).
+
+    python tools/train.py CONFIG --data D [--labels LS] [--manual D_MANUAL] --work-dir W
+        [--resume] [--amp] [--cfg-options k=v ...] [--launcher pytorch]
+
+Multi-GPU / multi-node: tools/dist_train.sh CONFIG GPUS ... (torchrun). The work dir holds
+the checkpoints, ``last_checkpoint`` (what --resume continues from) and the logs.
+"""
+import argparse
+import os
+
+from mmengine.config import DictAction
+
+from plabel_mmseg import api
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a segmentor on plabel data')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--data', help='training images: CSV index or VOC root')
+    parser.add_argument('--split', help='split of a VOC root (default train)')
+    parser.add_argument('--labels', help='label set for --data (default: its masks)')
+    parser.add_argument('--manual', help='manually labelled dataset mixed in (its masks)')
+    parser.add_argument('--manual-split', help='split of a VOC root given as --manual')
+    parser.add_argument('--val', help='validate on this dataset\'s masks')
+    parser.add_argument('--val-split', help='split of a VOC root given as --val')
+    parser.add_argument('--iters', type=int, help='iterations (the LR schedule follows)')
+    parser.add_argument('--pretrained', help='local checkpoint for the encoder')
+    parser.add_argument(
+        '--resume',
+        action='store_true',
+        default=False,
+        help='resume from the latest checkpoint in the work_dir automatically')
+    parser.add_argument(
+        '--amp',
+        action='store_true',
+        default=False,
+        help='enable automatic-mixed-precision training')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK instead
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main():
+    args = parse_args()
+    api.train(
+        args.config,
+        data=args.data,
+        labels=args.labels,
+        manual=args.manual,
+        split=args.split,
+        manual_split=args.manual_split,
+        val=args.val,
+        val_split=args.val_split,
+        work=args.work_dir,
+        iters=args.iters,
+        pretrained=args.pretrained,
+        resume=args.resume,
+        amp=args.amp,
+        cfg_options=args.cfg_options,
+        launcher=args.launcher)
+
+
+if __name__ == '__main__':
+    main()
