@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.plabel-installed
 
-.PHONY: install test demo clean-venv
+.PHONY: install browser test demo clean-venv
 
 install: $(STAMP)
 
@@ -26,7 +26,14 @@ $(STAMP): setup.py requirements/runtime.txt requirements/test.txt Makefile
 	$(BIN)/python -c "import torch, mmcv, mmengine, mmseg, pydensecrf.densecrf, cv2, plabel_kit; print('set-up ok: torch', torch.__version__, 'mmcv', mmcv.__version__, 'mmseg', mmseg.__version__)"
 	touch $(STAMP)
 
-test: install
+# Debian's Chromium, for the test that opens the HTML report in a real browser (needs root;
+# without it that test is skipped outside CI)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+		echo "chromium not installed: the report's browser test will be skipped"
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 demo: install

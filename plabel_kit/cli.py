@@ -419,41 +419,116 @@ cli.add_command(ComponentGroup("combine", kind="combiner", make_command=_make_co
                                help="Run a combiner: plabel combine NAME --data D --in LS1 --in LS2 --out LS."))
 
 
-# ---- demo ----------------------------------------------------------------------------
+# ---- pipelines, report, demo -----------------------------------------------------------
+
+def _labels_by_title(values) -> dict:
+    """``--labels PATH`` or ``--labels TITLE=PATH`` (repeatable) -> {title: path}."""
+    labels = {}
+    for value in values:
+        title, sep, path = value.partition("=")
+        if not sep:
+            title, path = Path(value).name or value, value
+        if title in labels:
+            title = f"{title} ({len(labels) + 1})"
+        if not Path(path).is_dir():
+            raise click.BadParameter(f"{path}: not a label set folder", param_hint="--labels")
+        labels[title] = path
+    return labels
+
+
+@cli.command("run")
+@click.argument("pipeline", type=click.Path(dir_okay=False, exists=True))
+@data_options
+@click.option("--work", required=True, type=click.Path(file_okay=False),
+              help="Work dir: one folder per stage, pipeline.log, pipeline.json.")
+@click.option("--from", "start", metavar="STAGE", help="Redo STAGE and what reads it (earlier stages must be done).")
+@click.option("--to", "stop", metavar="STAGE", help="Stop after STAGE.")
+@click.option("--set", "overrides", multiple=True, metavar="STAGE.KEY=VALUE",
+              help="Override a stage parameter (cam.epochs=20) or a variable (test_data=PATH); repeatable.")
+@click.option("--dry-run", is_flag=True, help="Print what each stage would do, run nothing.")
+def run_pipeline(pipeline, data, split, work, start, stop, overrides, dry_run):
+    """Run a pipeline config: stages in order, finished ones skipped, changed ones (and
+    everything downstream of them) rerun, interrupted ones resumed.
+
+    \b
+    Example:
+      plabel synth evolving /tmp/ev --n 120 --size 64
+      plabel run configs/pipelines/evolving_seqmerge_small.py --data /tmp/ev/index.csv \\
+          --work /tmp/ev_work --set test_data=/tmp/ev/index.csv
+    """
+    from .pipeline import Runner, load_pipeline
+
+    if split is not None:
+        raise click.BadParameter("pipelines take a CSV index or a VOC root; set a stage's `split` in the config",
+                                 param_hint="--split")
+    runner = Runner(load_pipeline(pipeline, parse_overrides(overrides)), data, work, progress=not _quiet(),
+                    echo=click.echo)
+    if dry_run:
+        for stage, action in runner.plan(start, stop):
+            click.echo(f"{stage.name:20s} {stage.step:9s} {action}")
+        return
+    actions = runner.run(start, stop)
+    ran = [name for name, action in actions.items() if action not in ("skip", "before", "after")]
+    click.echo(f"{work}: {len(ran)} stage(s) run ({', '.join(ran) or 'none'}); log: {Path(work) / 'pipeline.log'}")
+
+
+@cli.command()
+@data_options
+@click.option("--labels", "label_sets", required=True, multiple=True, metavar="[TITLE=]PATH",
+              help="Label set to show, repeatable; TITLE defaults to the folder name.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder (index.html, images/).")
+@click.option("--n", default=12, show_default=True, type=click.IntRange(min=1), help="Images shown.")
+@click.option("--pipeline", "provenance", type=click.Path(dir_okay=False, exists=True),
+              help="A pipeline work dir's pipeline.json, shown as provenance.")
+@click.option("--title", default="plabel report", show_default=True)
+def report(data, split, label_sets, out, n, provenance, title):
+    """Write a static HTML report: overlays of each label set beside the image and its
+    ground truth, per-class IoU across label sets, and where each label set came from.
+
+    Example: plabel report --data scenes/index.csv --labels ls_cam --labels ls_crf --out report
+    """
+    from .report import write_report
+
+    page = write_report(_dataset(data, split), _labels_by_title(label_sets), out, n=n, provenance=provenance,
+                        progress=not _quiet(), title=title)
+    click.echo(f"report: {page}")
+
+
+def shipped_configs() -> Path:
+    """The repository's configs/ folder (plabel is installed editable, as the README says)."""
+    return Path(__file__).resolve().parents[1] / "configs"
+
 
 @cli.command()
 @click.option("--out", default="demo_out", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the data, label sets and results.")
-@click.option("--n", default=60, show_default=True, help="Number of synthetic images.")
-def demo(out, n):
-    """Synthesize scenes, make trivial baseline label sets, evaluate them.
+              help="Folder for the data, the pipeline's work dir and the report.")
+@click.option("--n", default=240, show_default=True, type=click.IntRange(min=60),
+              help="Synthetic training images (a test set of half as many is made too).")
+@click.option("--size", default=64, show_default=True, type=click.IntRange(min=32), help="Image side in pixels.")
+@click.option("--iters", type=click.IntRange(min=1), help="Segmenter iterations (default: the pipeline's).")
+def demo(out, n, size, iters):
+    """Seed 000 end to end on synthetic data: evolving subjects, sequences, one simulated
+    annotation per sequence, CAM, sequence merge, U-Nets (VGG-16 and ResNet-50 encoders)
+    trained on each Table 1 row, the table, and an HTML report. Rerun to resume.
 
-    Example: plabel demo --out demo_out
+    Example: plabel demo --out demo_out    (about 10 minutes on 2 CPU cores)
     """
-    from .datasets import open_dataset
-    from .evaluation import evaluate as run_evaluation, render_table
-    from .labelset import LabelSet
-    from .plugins import get_registry
-    from .stages import run_source
-    from .synth import make_scenes
+    from .pipeline import Runner, load_pipeline
+    from .synth import make_evolving
 
     out = Path(out)
     progress = not _quiet()
-    index = make_scenes(out / "scenes", n=n, seed=0, progress=progress)
-    dataset = open_dataset(index)
-    registry = get_registry()
-    console = _console()
-    summary = []
-    for name in ("background", "whole_image"):
-        target = out / "labels" / name
-        run_source(registry.build("label_source", {"type": name}), dataset, target, progress=progress)
-        result = run_evaluation(dataset, LabelSet(target), progress=progress)
-        console.print(render_table(result, title=f"{name} on {len(dataset)} synthetic scenes"))
-        summary.append((name, result["miou"], result["fwiou"]))
-    (out / "results.json").write_text(json.dumps(
-        [{"labels": n_, "miou": m, "fwiou": f} for n_, m, f in summary], indent=2))
-    for name, miou, fwiou in summary:
-        click.echo(f"{name:12s} mIoU {100 * miou:6.2f}  fwIoU {100 * fwiou:6.2f}")
+    data, test = out / "data" / "index.csv", out / "test" / "index.csv"
+    if not data.is_file():
+        make_evolving(data.parent, n=n, size=size, seed=0, progress=progress)
+    if not test.is_file():
+        make_evolving(test.parent, n=n // 2, size=size, seed=1, progress=progress)
+    overrides = {"test_data": str(test.resolve())}
+    if iters is not None:
+        overrides["seg_iters"] = iters
+    pipeline = load_pipeline(shipped_configs() / "pipelines" / "evolving_seqmerge_small.py", overrides)
+    Runner(pipeline, data.resolve(), out / "work", progress=progress, echo=click.echo).run()
+    click.echo(f"report: {out / 'work' / 'report' / 'index.html'}")
 
 
 def _load_plugin_commands():

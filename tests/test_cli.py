@@ -50,11 +50,3 @@ def test_source_resume_and_refusal_to_mix(cli_run, tiny, tmp_path):
     result = cli_run("source", "whole_image", "--data", tiny, "--out", out)
     assert result.exit_code == 1 and "refusing to mix" in result.output
     assert {p.name: p.read_bytes() for p in (out / "labels").iterdir()} == first
-
-
-def test_demo(tmp_path, cli_run):
-    result = cli_run("demo", "--out", tmp_path / "demo", "--n", 12)
-    assert result.exit_code == 0, result.output
-    rows = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert [r["labels"] for r in rows] == ["background", "whole_image"]
-    assert all(0 < r["miou"] < 1 for r in rows)

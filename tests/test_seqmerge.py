@@ -2,6 +2,7 @@
 the ``seqmerge`` source end to end with real CAM labels."""
 import csv
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -396,6 +397,37 @@ def test_tasks_and_simulated_annotations_round_trip(pipeline, tmp_path):
         total += from_png.size
     assert agree / total > 0.999
 
+
+
+def test_annotated_images_become_the_manual_dataset(pipeline, tmp_path):
+    tasks = [t["id"] for t in csv.DictReader((pipeline["root"] / "tasks" / "tasks.csv").open())]
+    ann = tmp_path / "ann"
+    shutil.copytree(pipeline["ann"], ann)
+    (ann / f"{tasks[0]}.png").unlink()  # not annotated yet
+    result = _ok("sequence", "annotated", pipeline["root"] / "tasks", "--annotations", ann, "--data",
+                 pipeline["index"], "--out", tmp_path / "manual")
+    assert f"1 task image(s) have no annotation yet and are left out, e.g. {tasks[0]}" in result.output
+    manual, others = open_dataset(tmp_path / "manual" / "index.csv"), open_dataset(tmp_path / "manual" / "others.csv")
+    dataset = open_dataset(pipeline["index"])
+    assert manual.ids == tasks[1:] and manual.classes == dataset.classes
+    assert sorted(manual.ids + others.ids) == sorted(dataset.ids)
+    for image_id in manual.ids:
+        assert np.array_equal(manual[image_id].mask, dataset[image_id].mask)
+        assert manual[image_id].classes == dataset[image_id].classes
+    # the simulated annotator writes the same dataset from the ground truth
+    _ok("sequence", "annotated", pipeline["root"] / "tasks", "--annotations", "ground-truth", "--data",
+        pipeline["index"], "--out", tmp_path / "gt")
+    assert open_dataset(tmp_path / "gt" / "index.csv").ids == tasks
+    # a wrongly sized annotation is named by file and id, and the index is not written
+    small = np.zeros((8, 8), np.uint8)
+    Image.fromarray(small).save(ann / f"{tasks[1]}.png")
+    bad = _invoke("sequence", "annotated", pipeline["root"] / "tasks", "--annotations", ann, "--data",
+                  pipeline["index"], "--out", tmp_path / "bad")
+    assert bad.exit_code == 1 and f"{tasks[1]}.png" in bad.output and tasks[1] in bad.output
+    assert not (tmp_path / "bad" / "index.csv").exists()
+    missing = _invoke("sequence", "annotated", pipeline["root"] / "tasks", "--annotations", tmp_path / "none",
+                      "--data", pipeline["index"], "--out", tmp_path / "x")
+    assert missing.exit_code == 2 and "ground-truth" in missing.output
 
 def _scores(dataset, path):
     result = evaluate(dataset, LabelSet(path), progress=False)

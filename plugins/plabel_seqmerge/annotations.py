@@ -23,6 +23,7 @@ from plabel_kit.types import IGNORE
 
 IGNORE_LABEL = "__ignore__"
 TASKS_CSV = "tasks.csv"
+GROUND_TRUTH = "ground-truth"  # the simulated annotator
 PICKS = ("medoid", "first", "middle")
 _SUBPIXEL_BITS = 4  # cv2.fillPoly takes fixed-point vertices
 
@@ -212,3 +213,60 @@ def simulate_annotations(tasks_folder, dataset, out, fmt: str = "png") -> int:
             raise ValueError("format must be png or labelme")
         sample._image = sample._mask = None
     return len(rows)
+
+
+def _write_index(path: Path, rows: list[dict]):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=("id", "image", "labels", "mask"), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, buffer.getvalue().encode())
+
+
+def write_annotated_dataset(tasks_folder, annotations, dataset, out) -> tuple[Path, list[str]]:
+    """Write ``out/index.csv`` (the task images, their annotations as ``out/masks/<id>.png``,
+    checked against the image size), ``out/others.csv`` (every other image of ``dataset``,
+    with its own mask when it has one) and ``classes.json``. ``annotations``: a folder (PNG
+    or LabelMe) or GROUND_TRUTH (the simulated annotator). Image paths are absolute, images
+    stay where they are. Returns (index path, ids of tasks without an annotation)."""
+    from plabel_kit.labelset import encode_label_png
+
+    out = Path(out)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "classes.json", json.dumps(
+        {"classes": dataset.classes, "palette": dataset.palette[:dataset.num_classes].tolist()}).encode())
+    rows, missing = [], []
+    for row in read_tasks(tasks_folder):
+        image_id = row["id"]
+        if image_id not in dataset:
+            raise DataError("task image is not in the dataset", path=Path(tasks_folder) / TASKS_CSV,
+                            image_id=image_id)
+        sample = dataset[image_id]
+        if annotations == GROUND_TRUTH:
+            if sample.mask is None:
+                raise DataError("no ground-truth mask to simulate an annotation from", path=sample.image_path,
+                                image_id=image_id)
+            mask = sample.mask
+        else:
+            path = annotation_path(annotations, image_id)
+            if path is None:
+                missing.append(image_id)
+                continue
+            mask = read_annotation(path, image_id, dataset.classes)
+            height, width = sample.image.shape[:2]
+            if mask.shape != (height, width):
+                raise DataError(f"annotation is {mask.shape[1]}x{mask.shape[0]} but the image is {width}x{height}",
+                                path=path, image_id=image_id)
+        _write_atomic(out / "masks" / f"{image_id}.png", encode_label_png(mask, dataset.palette))
+        present = [dataset.classes[c] for c in np.unique(mask) if 0 < c < len(dataset.classes)]
+        rows.append({"id": image_id, "image": str(Path(sample.image_path).resolve()), "labels": ";".join(present),
+                     "mask": f"masks/{image_id}.png"})
+        sample._image = sample._mask = None
+    annotated = {r["id"] for r in rows}
+    others = [{"id": s.id, "image": str(Path(s.image_path).resolve()),
+               "labels": ";".join(dataset.classes[c] for c in s.classes),
+               "mask": str(Path(s.mask_path).resolve()) if s.mask_path else ""}
+              for s in dataset.samples if s.id not in annotated]
+    _write_index(out / "others.csv", others)
+    _write_index(out / "index.csv", rows)  # last: its presence means the folder is complete
+    return out / "index.csv", missing

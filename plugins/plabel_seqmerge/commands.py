@@ -154,3 +154,32 @@ def simulate_annotations(tasks_folder, data, split, out, fmt):
 
     count = simulate(tasks_folder, _dataset(data, split), out, fmt)
     click.echo(f"{out}: {count} {fmt} annotations")
+
+
+@sequence.command("annotated")
+@click.argument("tasks_folder", type=click.Path(file_okay=False))
+@click.option("--annotations", required=True, metavar="DIR|ground-truth",
+              help="Folder of annotations (<id>.png or LabelMe <id>.json); 'ground-truth' simulates the "
+                   "annotator with the dataset's masks (demos, tests).")
+@data_options
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write: index.csv, others.csv, classes.json, masks/.")
+def annotated(tasks_folder, annotations, data, split, out):
+    """The annotated task images as a dataset whose masks are the annotations (OUT/index.csv:
+    seed 000's manual labels, `plabel segment train --manual`), and the dataset's other
+    images (OUT/others.csv: those the pseudo labels are for). OUT/masks/ is an annotation
+    folder for the seqmerge source.
+
+    Tasks whose annotation is missing are reported and go to others.csv. Example:
+    plabel sequence annotated tasks --annotations ann --data evolving/index.csv --out manual
+    """
+    from .annotations import GROUND_TRUTH, write_annotated_dataset
+
+    if annotations != GROUND_TRUTH and not Path(annotations).is_dir():
+        raise click.BadParameter(f"{annotations}: no such folder (or 'ground-truth' to simulate the annotator)",
+                                 param_hint="--annotations")
+    index, missing = write_annotated_dataset(tasks_folder, annotations, _dataset(data, split), out)
+    if missing:
+        click.echo(f"warning: {len(missing)} task image(s) have no annotation yet and are left out, "
+                   f"e.g. {missing[0]}", err=True)
+    click.echo(f"{index}: manual labels of the annotated images")

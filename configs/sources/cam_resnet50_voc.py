@@ -1,0 +1,10 @@
+# CAM source at IRN's VOC settings (ResNet-50 V1c, output stride 16, 5 epochs, batch 16,
+# crop 512, long side 320-640, lr 0.1): the component's own defaults, spelt out. ImageNet
+# weights from a local file only: --set pretrained=resnet50_v1c.pth (or torchvision's).
+backbone = "resnet50_v1c"
+output_stride = 16
+epochs = 5
+train_batch_size = 16
+crop_size = 512
+resize_long = (320, 640)
+lr = 0.1
