@@ -1,0 +1,297 @@
+"""CSRM training: student + EMA teacher, the five losses, ClassMix, SGD with poly decay.
+
+One step (B crops of the same size H x W):
+1. teacher CAMs -> class->segmentation pseudo masks (IRN thresholds, optional CRF, 255 band);
+2. ClassMix on images, padding masks, pseudo masks and tags (probability ``classmix_prob``);
+3. teacher forward on the mixed crops (segmentation probabilities and representations);
+4. student forward; classification + class->segmentation losses; after the warm-up also
+   segmentation->class (ramped weight), the entropy-drop loss and the pixel contrast;
+5. backward (GradScaler under CUDA autocast), gradient clipping, SGD, teacher EMA update.
+
+Deterministic on CPU for a given seed: crops derive from (seed, epoch, index), batch order
+and dropout from (seed, epoch), ClassMix and contrast sampling from (seed, step), and the
+epoch checkpoint holds student, teacher, optimiser and memory bank, so a resumed run ends
+with the weights of an unbroken one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from plabel_cam.infer import IMAGENET_MEAN, IMAGENET_STD, normalise
+from plabel_cam.train import poly_lr
+from plabel_kit.datasets import Dataset, load_image
+from plabel_kit.progress import quiet, track
+
+from .classmix import classmix
+from .ema import ema_decay, make_teacher, update_teacher
+from .losses import (class_to_segmentation_loss, classification_loss, entropy_drop_loss, pixel_contrast_loss,
+                     s2c_weight, segmentation_to_class_loss, unreliable_percent)
+from .memory import MemoryBank
+from .targets import (c2s_mask, contrast_selection, ignore_outside, masked_means, negative_keys,
+                      normalised_cams, restrict_to_tags)
+
+LATEST = "latest.pth"
+LOSS_NAMES = ("c", "c2s", "s2c", "u", "contrast")
+
+
+class TrainingCrops(torch.utils.data.Dataset):
+    """(normalised crop [3, S, S], valid bool [S, S] (False on padding), multi-hot tags [C])."""
+
+    def __init__(self, dataset: Dataset, crop_size: int, resize_long: tuple[int, int], seed: int):
+        self.samples = dataset.samples
+        self.num_fg = dataset.num_classes - 1
+        self.crop_size, self.resize_long, self.seed = crop_size, tuple(resize_long), seed
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        sample = self.samples[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image, valid = augment(load_image(sample.image_path, sample.id), rng, self.resize_long, self.crop_size)
+        tags = torch.zeros(self.num_fg)
+        for c in sample.classes:
+            tags[c - 1] = 1
+        return image, valid, tags
+
+
+def augment(image: np.ndarray, rng: np.random.Generator, resize_long: tuple[int, int],
+            crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """IRN's training augmentation (random long-side resize, flip, random crop, zero padding)
+    that also returns where the crop holds image pixels: ([3, S, S], bool [S, S])."""
+    import cv2
+
+    height, width = image.shape[:2]
+    scale = rng.integers(resize_long[0], resize_long[1] + 1) / max(height, width)
+    image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+    tensor = normalise(np.ascontiguousarray(image))
+    _, h, w = tensor.shape
+    out, valid = torch.zeros(3, crop, crop), torch.zeros(crop, crop, dtype=torch.bool)
+    top, left = rng.integers(0, max(h - crop, 0) + 1), rng.integers(0, max(w - crop, 0) + 1)
+    dst_top, dst_left = rng.integers(0, max(crop - h, 0) + 1), rng.integers(0, max(crop - w, 0) + 1)
+    ch, cw = min(crop, h), min(crop, w)
+    out[:, dst_top:dst_top + ch, dst_left:dst_left + cw] = tensor[:, top:top + ch, left:left + cw]
+    valid[dst_top:dst_top + ch, dst_left:dst_left + cw] = True
+    return out, valid
+
+
+def denormalise(images: torch.Tensor) -> np.ndarray:
+    """Normalised float [B, 3, H, W] -> uint8 [B, H, W, 3] RGB (for the CRF)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    pixels = (images.float() * std + mean).clamp(0, 255).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def c2s_masks(images: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, valid: torch.Tensor, params,
+              pool: Executor | None) -> torch.Tensor:
+    """The teacher's pseudo masks int64 [B, H, W] from relu'd CAMs [B, C, h, w] of crops
+    [B, 3, H, W] (255 on the band and on padding)."""
+    size = images.shape[2:]
+    planes = F.interpolate(normalised_cams(cams.float()), size=size, mode="bilinear", align_corners=False)
+    planes = planes.cpu().numpy()
+    pixels = denormalise(images) if params.c2s_crf else [None] * len(planes)
+    keys = [np.flatnonzero(t.cpu().numpy()) + 1 for t in tags]
+    jobs = ([pixels[b], planes[b][k - 1], k, params.c2s_fg, params.c2s_bg, params.c2s_crf]
+            for b, k in enumerate(keys))
+    masks = list(pool.map(c2s_mask, *zip(*jobs))) if pool is not None else [c2s_mask(*job) for job in jobs]
+    valid_np = valid.cpu().numpy()
+    return torch.from_numpy(np.stack([ignore_outside(m, v) for m, v in zip(masks, valid_np)]).astype(np.int64))
+
+
+def contrast_loss(student_rep, teacher_seg, teacher_rep, tags, valid, bank: MemoryBank, percent: float,
+                  params, generator) -> torch.Tensor:
+    """Select anchors / prototypes / negatives at the decoder's resolution from the teacher,
+    push the negatives into the bank, then the pixel contrast of the student's representation."""
+    small = teacher_seg.shape[2:]
+    probs = torch.softmax(teacher_seg.float(), dim=1)
+    labels = restrict_to_tags(probs, tags).argmax(dim=1)
+    valid_small = F.interpolate(valid[:, None].float(), size=small, mode="nearest")[:, 0].bool()
+    prototype, anchors, negatives = contrast_selection(
+        probs, labels, tags, valid_small, percent, params.contrast_class_threshold, params.contrast_low_rank,
+        params.contrast_high_rank)
+    teacher_rep = teacher_rep.float()
+    bank.push(negative_keys(teacher_rep, negatives), generator)
+    return pixel_contrast_loss(student_rep.float(), anchors, masked_means(teacher_rep, prototype), bank.queues,
+                               params.num_queries, params.num_negatives, params.temperature, generator)
+
+
+class Trainer:
+    """Holds what one training run shares between steps; :meth:`run` trains in place."""
+
+    def __init__(self, model, params, dataset: Dataset, workdir: Path, device: torch.device,
+                 classifier_is_new: bool, log=print):
+        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.model, self.params, self.dataset = model.to(device), params, dataset
+        self.workdir, self.device, self.log = Path(workdir), device, log
+        self.crops = TrainingCrops(dataset, params.crop_size, params.resize_long, params.seed)
+        self.per_rank = max(1, params.train_batch_size // self.world)
+        self.steps_per_epoch = len(self.crops) // (self.per_rank * self.world)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.crops)} images are fewer than one batch of {params.train_batch_size}")
+        self.total_steps = self.steps_per_epoch * params.epochs
+        self.warmup_steps = self.steps_per_epoch * params.warmup_epochs
+        self.teacher = make_teacher(model)
+        backbone, new = model.parameter_groups(classifier_is_new)
+        self.optimizer = torch.optim.SGD([
+            {"params": backbone, "lr": params.lr},
+            {"params": new, "lr": params.lr * params.new_lr_mult},
+        ], lr=params.lr, momentum=params.momentum, nesterov=params.nesterov, weight_decay=params.weight_decay)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.amp = bool(params.amp) and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
+        num_classes = dataset.num_classes
+        self.bank = MemoryBank([params.memory_size_background] + [params.memory_size] * (num_classes - 1),
+                               params.representation_dim, device)
+        self.history: list[dict] = []
+        self.start_epoch = 0
+
+    def resume(self) -> None:
+        latest = self.workdir / LATEST
+        if not latest.exists():
+            return
+        state = torch.load(latest, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.bank.load_state_dict(state["bank"])
+        self.history, self.start_epoch = state["history"], state["epoch"]
+        self.log(f"resuming CSRM training after epoch {self.start_epoch} ({latest})")
+
+    def save(self, epoch: int) -> None:
+        state = {"student": self.model.state_dict(), "teacher": self.teacher.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                 "bank": self.bank.state_dict(), "history": self.history, "epoch": epoch}
+        tmp = self.workdir / f".{LATEST}.{os.getpid()}"
+        torch.save(state, tmp)
+        os.replace(tmp, self.workdir / LATEST)
+
+    def run(self) -> None:
+        """Train the remaining epochs; afterwards ``self.teacher`` is the trained network."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        params = self.params
+        net = self.model
+        if self.world > 1:
+            # the representation head idles during warm-up
+            net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        sampler = torch.utils.data.DistributedSampler(self.crops, self.world, self.rank, shuffle=True,
+                                                      seed=params.seed, drop_last=True) if self.world > 1 else None
+        with crf_pool(params) as pool:
+            for epoch in range(self.start_epoch, params.epochs):
+                started = time.perf_counter()
+                torch.manual_seed(params.seed * 1000 + epoch)
+                self.crops.epoch = epoch
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                loader = torch.utils.data.DataLoader(
+                    self.crops, batch_size=self.per_rank, sampler=sampler, shuffle=sampler is None,
+                    generator=torch.Generator().manual_seed(params.seed * 1000 + epoch), drop_last=True,
+                    num_workers=params.num_workers)
+                net.train()
+                sums: dict[str, float] = {}
+                show = self.rank == 0 and not quiet()
+                for index, batch in enumerate(track(loader, f"CSRM epoch {epoch + 1}/{params.epochs}",
+                                                    total=self.steps_per_epoch, enabled=show)):
+                    step = epoch * self.steps_per_epoch + index
+                    for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                        group["lr"] = poly_lr(base, step, self.total_steps, params.poly_power)
+                    stats = self.step(net, batch, step, epoch, pool)
+                    update_teacher(self.teacher, self.model, ema_decay(step, self.warmup_steps))
+                    for key, value in stats.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 2),
+                          **{k: round(v / self.steps_per_epoch, 5) for k, v in sums.items()}}
+                if not math.isfinite(record["loss"]):
+                    raise FloatingPointError("CSRM training diverged (loss is not finite); lower lr")
+                self.history.append(record)
+                if self.rank == 0:
+                    self.log(f"CSRM epoch {epoch + 1}/{params.epochs}: loss {record['loss']:.4f} ("
+                             + ", ".join(f"{k} {record[k]:.4f}" for k in LOSS_NAMES) + ")")
+                    self.save(epoch + 1)
+                if self.world > 1:
+                    torch.distributed.barrier()
+
+    def step(self, net, batch, step: int, epoch: int, pool) -> dict:
+        """One optimiser step; returns the batch's loss values and the labelled share of the
+        class->segmentation masks."""
+        params, device = self.params, self.device
+        images, valid, tags = (t.to(device) for t in batch)
+        generator = torch.Generator().manual_seed(params.seed * 1_000_000_007 + step)
+        autocast = torch.autocast(device.type, dtype=torch.float16, enabled=self.amp)
+        with torch.no_grad(), autocast:
+            teacher_cams = self.teacher.cams(images)
+        pseudo = c2s_masks(images, teacher_cams, tags, valid, params, pool).to(device)
+        if params.classmix_prob > 0 and float(torch.rand((), generator=generator)) < params.classmix_prob:
+            mixed = classmix(images, valid, pseudo, tags, generator)
+            images, valid, pseudo, tags = mixed.images, mixed.valid, mixed.masks, mixed.tags
+        after_warmup = step >= self.warmup_steps
+        if after_warmup:
+            with torch.no_grad(), autocast:
+                teacher = self.teacher(images)
+        with autocast:
+            student = net(images)
+        size = images.shape[2:]
+        seg = F.interpolate(student.seg.float(), size=size, mode="bilinear", align_corners=False)
+        losses = {"c": classification_loss(student.logits.float(), tags, params.label_smoothing),
+                  "c2s": class_to_segmentation_loss(seg, pseudo, params.label_smoothing)}
+        if after_warmup:
+            teacher_probs = restrict_to_tags(torch.softmax(
+                F.interpolate(teacher.seg.float(), size=size, mode="bilinear", align_corners=False), dim=1), tags)
+            cams = F.interpolate(student.cam_logits.float(), size=size, mode="bilinear", align_corners=False)
+            weight = s2c_weight(step, self.warmup_steps, self.total_steps, *params.s2c_ramp)
+            losses["s2c"] = weight * segmentation_to_class_loss(cams, seg[:, :1], teacher_probs,
+                                                                params.s2c_confidence, valid, params.label_smoothing)
+            losses["u"] = entropy_drop_loss(seg, teacher_probs,
+                                            unreliable_percent(epoch, params.epochs, params.unreliable_percent), valid)
+            losses["contrast"] = contrast_loss(
+                student.rep, teacher.seg, teacher.rep, tags, valid, self.bank,
+                unreliable_percent(epoch, params.epochs, params.contrast_percent), params, generator)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), params.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        labelled = ((pseudo != 255) & valid).sum() / valid.sum().clamp_min(1)
+        return {"loss": float(total.detach()), **{k: float(losses[k].detach()) if k in losses else 0.0
+                                                  for k in LOSS_NAMES},
+                "c2s_labelled": float(labelled)}
+
+
+@contextmanager
+def crf_pool(params):
+    """A process pool for the class->segmentation CRFs; None without CRF or with one worker.
+    fork where available, as the crf refiner does: the workers run numpy and pydensecrf only."""
+    if not params.c2s_crf:
+        yield None
+        return
+    from plabel_crf.refiner import available_cores
+
+    workers = params.crf_workers if params.crf_workers is not None else available_cores()
+    if workers <= 1:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield pool
