@@ -254,6 +254,10 @@ class Runner:
     def run(self, start: str | None = None, stop: str | None = None) -> dict:
         """Run the stages from ``start`` to ``stop``; returns {stage: action taken}."""
         self.work.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.work):
+            return self._run_logged(start, stop)
+
+    def _run_logged(self, start, stop) -> dict:
         handler = logging.FileHandler(self.work / LOG)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         loggers = [logging.getLogger("plabel"), logging.getLogger("py.warnings")]
@@ -327,6 +331,29 @@ class Runner:
         tmp = self.work / ".pipeline.json.tmp"
         tmp.write_text(json.dumps(document, indent=2, default=str))
         os.replace(tmp, self.work / "pipeline.json")
+
+
+@contextlib.contextmanager
+def _exclusive(work: Path):
+    """Hold ``<work>/.lock`` while running: a second ``plabel run`` on the same work dir
+    stops at once instead of writing into the same stages (the lock dies with its process)."""
+    import fcntl
+
+    with open(work / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise PlabelError(f"{work}: another plabel run (pid {holder}) is using this work dir") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _config_files(value, work: Path) -> dict:

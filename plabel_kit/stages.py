@@ -181,10 +181,23 @@ def run_combiner(combiner: Combiner, dataset: Dataset, label_sets: Sequence[Labe
         combiner.close()
 
 
+def _same_images(labelled: Dataset, dataset: Dataset):
+    """An id in both datasets must name the same image file: otherwise the label sets' labels
+    of that id (made for ``dataset``) would be scored against another image's ground truth."""
+    for sample in labelled.samples:
+        if sample.id in dataset:
+            ours = dataset[sample.id].image_path
+            if Path(sample.image_path).resolve() != Path(ours).resolve():
+                raise DataError(f"this labelled image has the id of another image of the dataset being "
+                                f"combined ({ours}); a labelled subset must hold the labelled images' own "
+                                f"ids", path=sample.image_path, image_id=sample.id)
+
+
 def _run_combiner(combiner, dataset, label_sets, out, labelled, progress):
     for label_set in label_sets:
         _check_classes(label_set, dataset)
     if labelled is not None:
+        _same_images(labelled, dataset)
         combiner.fit(label_sets, labelled)
     inputs = {"labels": [_input_record(s) for s in label_sets]}
     if labelled is not None:

@@ -417,3 +417,18 @@ def test_maxconf_compares_normalised_scores():
     assert MaxConf(threshold=0.5).combine(_sample([1]), [loud, quiet_]).label.tolist() == [[1, 1, 0]]
     with pytest.raises(DataError, match="no input has one"):
         MaxConf().combine(_sample([1]), [PseudoLabel(label)])
+
+
+def test_a_labelled_image_with_another_images_id_is_refused(cli_run, chair_table, tmp_path):
+    root, sets = chair_table
+    rows = list(csv.DictReader((root / "select.csv").open()))
+    (tmp_path / "other.png").write_bytes((root / rows[0]["image"]).read_bytes())
+    renamed = [{**rows[0], "id": "h", "image": str(tmp_path / "other.png"),
+                "mask": str(root / rows[0]["mask"])}]
+    write_index(tmp_path / "clash.csv", renamed, VOC_CLASSES)
+    result = cli_run("combine", "isle", "--data", root / "held.csv", "--in", sets["A"], "--in", sets["B"],
+                     "--out", tmp_path / "out", "--select-on", tmp_path / "clash.csv")
+    assert result.exit_code == 1 and "other.png: id 'h'" in result.output
+    assert "a labelled subset must hold the labelled images' own ids" in result.output
+    assert not (tmp_path / "out" / "manifest.json").exists()
+

@@ -249,3 +249,18 @@ def test_demo_killed_half_way_resumes_to_the_same_table(tmp_path):
     assert demo_table(killed)["segmenters"] == table["segmenters"]
     assert demo_table(killed)["labels"] == {k: {**v, "path": str(killed / "work" / Path(v["path"]).name)}
                                             for k, v in table["labels"].items()}
+
+
+def test_a_second_run_on_the_same_work_dir_stops(scenes, tmp_path):
+    import fcntl
+
+    pipeline, work = write_pipeline(tmp_path / "p.py"), tmp_path / "work"
+    work.mkdir()
+    with open(work / ".lock", "a+") as lock:  # as a running `plabel run` holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write("4242")
+        lock.flush()
+        busy = run(pipeline, scenes, work)
+        assert busy.returncode == 1 and "another plabel run (pid 4242) is using this work dir" in busy.stderr
+        assert not (work / "bg").exists()
+    assert run(pipeline, scenes, work, "--to", "bg").returncode == 0  # released with its holder

@@ -5,17 +5,19 @@
 #   plabel run configs/pipelines/voc_isle.py --data VOCdevkit/VOC2012 --work W \
 #       --set labelled=LABELLED.csv --set val_data=VAL.csv --set cam.pretrained=resnet50_v1c.pth
 #
-# `--data` is what gets pseudo labels (VOC train); `labelled` a few images with masks that
-# ISLE learns its class -> component table on (keep them out of the scored images);
+# `--data` is what gets pseudo labels (VOC train); `labelled` a few of those images with
+# their masks, where ISLE learns its class -> component table (score on the others);
 # `val_data` the segmenter's test set. Weights only from local files.
 # `voc_isle_small.py` is this pipeline with the CPU configs.
 
-labelled = None  # CSV index (or VOC root) with masks: ISLE's selection set
+labelled = None  # CSV index of some of --data's images with masks: ISLE's selection set
 val_data = None  # CSV index (or VOC root) with masks: where the segmenter is scored
 cam_config = '{config_dir}/../sources/cam_resnet50_voc.py'
 irnet_config = None  # IRN's defaults are the component's own
 csrm_config = None  # CSRM's VOC defaults are the component's own
 segmenter_config = '{config_dir}/../segmenters/deeplabv3plus_r50-d8_4xb4-20k_voc12aug-512x512.py'
+affinity_epochs = 8  # AffinityNet (PSA's training)
+affinity_crop = 448
 seg_iters = 20000
 seg_resume = True
 seg_log_level = 'INFO'
@@ -24,7 +26,8 @@ stages = [
     # IR labels (fg 0.30 / bg 0.05 with the 255 band) for IRNet and AffinityNet, CAM scores for all
     dict(name='cam', step='source', type='cam', config='{cam_config}', mode='ir_labels'),
     dict(name='crf', step='refine', input='@cam', type='crf', from_scores=True),
-    dict(name='randomwalk', step='refine', input='@cam', type='randomwalk', affinity='affinitynet', recipe='psa'),
+    dict(name='randomwalk', step='refine', input='@cam', type='randomwalk', affinity='affinitynet', recipe='psa',
+         affinity_epochs='{affinity_epochs}', affinity_crop='{affinity_crop}'),
     dict(name='irnet', step='source', type='irnet', config='{irnet_config}', cam='@cam'),
     dict(name='csrm', step='source', type='csrm', config='{csrm_config}', cam_checkpoint='@cam/work/cam_final.pth'),
     dict(name='isle', step='combine', type='isle', inputs=['@crf', '@randomwalk', '@irnet', '@csrm'],
