@@ -102,6 +102,19 @@ def barrier():
             dist.barrier()
 
 
+def train_once(checkpoint, final: Path, train) -> Path:
+    """The weights a trainable component labels with: ``checkpoint`` when the user gave one,
+    else ``final``, made by calling ``train()`` when it does not exist yet (a training that
+    checkpoints as it goes resumes inside ``train``). Under torchrun every rank waits here
+    until rank 0 has written ``final``."""
+    if checkpoint:
+        return Path(checkpoint)
+    if not Path(final).exists():
+        train()
+    barrier()
+    return Path(final)
+
+
 def _finish(writer: LabelSetWriter, dataset: Dataset, extra: dict | None = None) -> dict:
     barrier()
     rank, world = shard()

@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 
 from plabel_kit import LabelSet
 from tests.conftest import run_plabel

@@ -94,8 +94,8 @@ def test_irnet_improves_on_its_cam_and_resumes(cam_set, tmp_path, capsys):
     assert pseudo.stride == 4 and pseudo.scores.shape[1:] == (24, 24) and abs(pseudo.scores.max() - 1) < 1e-3
     boundary = np.load(out / "work" / "boundaries" / f"{labels.ids()[0]}.npy")
     assert boundary.shape == (24, 24) and 0 <= boundary.min() and boundary.max() <= 1
-    again = run_plabel("source", "irnet", "--data", index, "--cam", cam, "--out", tmp_path / "again", "--config",
-                       IRN_CONFIG, "--set", "epochs=4", "--set", "threshold=0.6", "--checkpoint", out / "work" / "irn_final.pth", check=True)
+    run_plabel("source", "irnet", "--data", index, "--cam", cam, "--out", tmp_path / "again", "--config",
+               IRN_CONFIG, "--set", "epochs=4", "--set", "threshold=0.6", "--checkpoint", out / "work" / "irn_final.pth", check=True)
     assert not (tmp_path / "again" / "work" / "latest.pth").exists()  # no training
     assert np.array_equal(LabelSet(tmp_path / "again").read_label(labels.ids()[3]), labels.read_label(labels.ids()[3]))
 

@@ -45,7 +45,7 @@ def main():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (*args.size, 3), dtype=np.uint8) for _ in range(args.n)]
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    print(f"| device | backbone | image | 1 scale (img/s) | 4 scales x flip (img/s) | ratio |")
+    print("| device | backbone | image | 1 scale (img/s) | 4 scales x flip (img/s) | ratio |")
     print("|---|---|---|---|---|---|")
     for device in devices:
         model = CamNet(args.backbone, 20, args.output_stride).to(device).eval()

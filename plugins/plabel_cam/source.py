@@ -104,18 +104,11 @@ class Cam(LabelSource):
     # ---- training ------------------------------------------------------------------
 
     def fit(self, dataset, workdir: Path) -> None:
-        import torch
+        from plabel_kit.stages import train_once
 
         device = pick_device(self.device)
-        if self.checkpoint:
-            self._use(self.checkpoint, dataset.classes, device)
-            return
-        final = Path(workdir) / FINAL
-        if not final.exists():
-            self._train(dataset, Path(workdir), device)
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            torch.distributed.barrier()
-        self._use(final, dataset.classes, device)
+        path = train_once(self.checkpoint, Path(workdir) / FINAL, lambda: self._train(dataset, Path(workdir), device))
+        self._use(path, dataset.classes, device)
 
     def _use(self, path, classes, device):
         model, arch = load_checkpoint(path, device)
@@ -153,8 +146,6 @@ class Cam(LabelSource):
 
     def scores(self, sample) -> np.ndarray:
         """float32 [K, H, W] CAMs of the sample's tagged classes (K may be 0)."""
-        import torch
-
         from .infer import multiscale_cam, normalise
 
         if not sample.classes:

@@ -159,20 +159,12 @@ class Csrm(LabelSource):
     # ---- training ------------------------------------------------------------------
 
     def fit(self, dataset, workdir: Path) -> None:
-        import torch
-
         from plabel_cam.source import pick_device
+        from plabel_kit.stages import train_once
 
         device = pick_device(self.device)
-        if self.checkpoint:
-            self._use(self.checkpoint, dataset.classes, device)
-            return
-        final = Path(workdir) / FINAL
-        if not final.exists():
-            self._train(dataset, Path(workdir), device)
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            torch.distributed.barrier()
-        self._use(final, dataset.classes, device)
+        path = train_once(self.checkpoint, Path(workdir) / FINAL, lambda: self._train(dataset, Path(workdir), device))
+        self._use(path, dataset.classes, device)
 
     def _use(self, path, classes, device):
         model, arch, state = load_checkpoint(path, device)

@@ -86,17 +86,13 @@ class Irnet(LabelSource):
         return {"backbone": self.backbone, "output_stride": self.output_stride}
 
     def fit(self, dataset, workdir: Path) -> None:
-        import torch
         from plabel_cam.source import pick_device
+        from plabel_kit.stages import train_once
 
         if self._cam.classes != list(dataset.classes):
             raise ValueError(f"{self.cam}: classes {self._cam.classes} differ from the dataset's {dataset.classes}")
         self._device, self._workdir = pick_device(self.device), Path(workdir)
-        path = Path(self.checkpoint) if self.checkpoint else self._workdir / FINAL
-        if not self.checkpoint and not path.exists():
-            self._train(dataset, self._workdir)
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            torch.distributed.barrier()
+        path = train_once(self.checkpoint, self._workdir / FINAL, lambda: self._train(dataset, self._workdir))
         self._model = self._load(path)
 
     def _new_model(self, arch):
