@@ -95,3 +95,32 @@ def cli_run():
         return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+def interrupt_training(args, out: Path) -> int:
+    """Run ``plabel ARGS --out OUT`` and SIGKILL it as soon as its first epoch checkpoint
+    (OUT/work/latest.pth) exists; returns the epoch that checkpoint holds."""
+    import signal
+    import time
+
+    import torch
+
+    exe = Path(sys.executable).parent / "plabel"
+    proc = subprocess.Popen([str(exe), *map(str, args), "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    latest = Path(out) / "work" / "latest.pth"
+    while not latest.exists():
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return torch.load(latest, weights_only=False)["epoch"]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two final checkpoints hold bit-identical model weights."""
+    import torch
+
+    a, b = (torch.load(p, weights_only=False)["model"] for p in (a, b))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+

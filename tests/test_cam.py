@@ -2,7 +2,6 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import torch
 
 from plabel_kit import LabelSet, open_dataset
 from plabel_kit.synth import make_scenes
-from tests.conftest import REPO, run_plabel
+from tests.conftest import REPO, interrupt_training, run_plabel, same_weights
 
 CPU_CONFIG = REPO / "configs" / "sources" / "cam_resnet18_cpu.py"
 
@@ -143,22 +142,11 @@ def test_interrupted_training_resumes_to_identical_weights(tiny_scenes, tmp_path
     args = ["source", "cam", "--data", tiny_scenes, *TINY, "--set", "epochs=4"]
     run_plabel(*args, "--out", tmp_path / "whole", check=True)
 
-    plabel = Path(sys.executable).parent / "plabel"
-    proc = subprocess.Popen([str(plabel), *map(str, args), "--out", str(tmp_path / "broken")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "broken" / "work" / "latest.pth"
-    while not latest.exists():
-        assert proc.poll() is None, "training ended before it could be interrupted"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    epoch = interrupt_training(args, tmp_path / "broken")
     assert not (tmp_path / "broken" / "work" / "cam_final.pth").exists()
-    epoch = torch.load(latest, weights_only=False)["epoch"]
     result = run_plabel(*args, "--out", tmp_path / "broken", env={"PLABEL_QUIET": "0"}, check=True)
     assert f"resuming classifier training after epoch {epoch}" in result.stderr
-    a = torch.load(tmp_path / "whole" / "work" / "cam_final.pth", weights_only=False)["model"]
-    b = torch.load(tmp_path / "broken" / "work" / "cam_final.pth", weights_only=False)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(tmp_path / "whole" / "work" / "cam_final.pth", tmp_path / "broken" / "work" / "cam_final.pth")
 
 
 def test_ddp_training_two_processes(tiny_scenes, tmp_path):

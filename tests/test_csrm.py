@@ -5,7 +5,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from plabel_kit import LabelSet, open_dataset
 from plabel_kit.registry import load_config
 from plabel_kit.synth import make_scenes
-from tests.conftest import REPO, run_plabel
+from tests.conftest import REPO, interrupt_training, run_plabel, same_weights
 
 CSRM_CONFIG = REPO / "configs" / "sources" / "csrm_cpu.py"
 CAM_CONFIG = REPO / "configs" / "sources" / "cam_resnet18_cpu.py"
@@ -402,22 +401,11 @@ def test_interrupted_training_resumes_to_identical_weights(tiny_scenes, tmp_path
     args = ["source", "csrm", "--data", tiny_scenes, *TINY, "--set", "epochs=3"]
     run_plabel(*args, "--out", tmp_path / "whole", check=True)
 
-    plabel = Path(sys.executable).parent / "plabel"
-    proc = subprocess.Popen([str(plabel), *map(str, args), "--out", str(tmp_path / "broken")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "broken" / "work" / "latest.pth"
-    while not latest.exists():
-        assert proc.poll() is None, "training ended before it could be interrupted"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    epoch = interrupt_training(args, tmp_path / "broken")
     assert not (tmp_path / "broken" / "work" / "csrm_final.pth").exists()
-    epoch = torch.load(latest, weights_only=False)["epoch"]
     result = run_plabel(*args, "--out", tmp_path / "broken", env={"PLABEL_QUIET": "0"}, check=True)
     assert f"resuming CSRM training after epoch {epoch}" in result.stderr
-    a = torch.load(tmp_path / "whole" / "work" / "csrm_final.pth", weights_only=False)["model"]
-    b = torch.load(tmp_path / "broken" / "work" / "csrm_final.pth", weights_only=False)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(tmp_path / "whole" / "work" / "csrm_final.pth", tmp_path / "broken" / "work" / "csrm_final.pth")
 
 
 def test_ddp_training_two_processes(tiny_scenes, tmp_path):
