@@ -186,7 +186,7 @@ def _iou_table(dataset, scores) -> str:
         finite = [v for v in values if v is not None and v == v]
         best = max(finite) if finite else None
         cells = "".join(
-            f"<td class='num{' best' if v is not None and v == best and len(names) > 1 else ''}'>"
+            f"<td class='num{' best' if v is not None and v == best and best > 0 and len(names) > 1 else ''}'>"
             + ("-" if v is None or v != v else f"{100 * v:.2f}") + "</td>" for v in values)
         return f"<tr><td>{e(label)}</td>{cells}</tr>"
 
