@@ -438,7 +438,8 @@ def _labels_by_title(values) -> dict:
 
 @cli.command("run")
 @click.argument("pipeline", type=click.Path(dir_okay=False, exists=True))
-@data_options
+@click.option("--data", required=True, type=click.Path(exists=True),
+              help="CSV index or VOC 2012 root (its train split; a stage may set `split`).")
 @click.option("--work", required=True, type=click.Path(file_okay=False),
               help="Work dir: one folder per stage, pipeline.log, pipeline.json.")
 @click.option("--from", "start", metavar="STAGE", help="Redo STAGE and what reads it (earlier stages must be done).")
@@ -446,7 +447,7 @@ def _labels_by_title(values) -> dict:
 @click.option("--set", "overrides", multiple=True, metavar="STAGE.KEY=VALUE",
               help="Override a stage parameter (cam.epochs=20) or a variable (test_data=PATH); repeatable.")
 @click.option("--dry-run", is_flag=True, help="Print what each stage would do, run nothing.")
-def run_pipeline(pipeline, data, split, work, start, stop, overrides, dry_run):
+def run_pipeline(pipeline, data, work, start, stop, overrides, dry_run):
     """Run a pipeline config: stages in order, finished ones skipped, changed ones (and
     everything downstream of them) rerun, interrupted ones resumed.
 
@@ -458,9 +459,6 @@ def run_pipeline(pipeline, data, split, work, start, stop, overrides, dry_run):
     """
     from .pipeline import Runner, load_pipeline
 
-    if split is not None:
-        raise click.BadParameter("pipelines take a CSV index or a VOC root; set a stage's `split` in the config",
-                                 param_hint="--split")
     runner = Runner(load_pipeline(pipeline, parse_overrides(overrides)), data, work, progress=not _quiet(),
                     echo=click.echo)
     if dry_run:
