@@ -53,6 +53,22 @@ def test_path_affinity_matches_the_walk_refiners():
     assert np.allclose(ours, boundary_affinity(boundary, 4))
 
 
+
+def test_feature_affinity_values_and_finite_gradients_at_the_border():
+    from plabel_irnet.pairs import feature_affinity
+    from plabel_randomwalk.affinity import neighbour_offsets
+
+    features = torch.randn(2, 8, 6, 7, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    affinity = feature_affinity(features, 3)
+    k = neighbour_offsets(3).index((1, 1))
+    expected = torch.exp(-(features[0, :, 2, 3] - features[0, :, 3, 4]).abs().mean())
+    assert torch.allclose(affinity[0, k, 2, 3], expected)
+    assert (affinity[:, k, -1, :] == 0).all() and (affinity[:, k, :, -1] == 0).all()  # partners off the grid
+    # off-grid partners used to be NaN-padded and zeroed afterwards: the forward looked fine
+    # but every gradient became NaN, so AffinityNet's first step destroyed its weights
+    affinity.sum().backward()
+    assert torch.isfinite(features.grad).all()
+
 def test_loss_averages_over_ranks_like_one_process():
     """IRN divides by each GPU's own pair counts; here two ranks give one process's gradient."""
     from plabel_irnet.pairs import affinity_loss

@@ -55,9 +55,11 @@ def feature_affinity(features: torch.Tensor, radius: int) -> torch.Tensor:
     from plabel_randomwalk.affinity import neighbour_offsets
 
     offsets = neighbour_offsets(radius)
-    others = _shifted(features, offsets, radius, float("nan"))
-    affinity = torch.exp(-(features[:, :, None] - others).abs().mean(dim=1))
-    return torch.nan_to_num(affinity, nan=0.0)
+    others = _shifted(features, offsets, radius, 0.0)
+    on_grid = _shifted(torch.ones_like(features[:, :1]), offsets, radius, 0.0)[:, 0]
+    # off-grid partners by mask, not by NaN padding: non-finite features must stay visible
+    # (a diverged training then fails its loss check instead of walking nowhere)
+    return torch.exp(-(features[:, :, None] - others).abs().mean(dim=1)) * on_grid
 
 
 def affinity_loss(affinity: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
