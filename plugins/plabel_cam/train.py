@@ -89,18 +89,6 @@ def poly_lr(base: float, step: int, total: int, power: float) -> float:
 def train(model, dataset: Dataset, config: TrainConfig, workdir: Path, device: torch.device,
           log=print) -> None:
     """Train ``model`` in place; ``workdir/latest.pth`` after every epoch allows resume."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    workdir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    images = TrainingImages(dataset, config)
-    per_rank = max(1, config.batch_size // world)
-    sampler = torch.utils.data.DistributedSampler(images, world, rank, shuffle=True, seed=config.seed,
-                                                  drop_last=True) if world > 1 else None
-    steps_per_epoch = len(images) // (per_rank * world)
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(images)} images are fewer than one batch of {config.batch_size}")
-    total_steps = steps_per_epoch * config.epochs
-
     model.to(device)
     backbone_params, new_params = model.parameter_groups()
     optimizer = torch.optim.SGD([
@@ -108,6 +96,38 @@ def train(model, dataset: Dataset, config: TrainConfig, workdir: Path, device: t
         {"params": new_params, "lr": config.lr * config.classifier_lr_mult,
          "weight_decay": config.weight_decay},
     ], lr=config.lr, momentum=config.momentum)
+
+    def loss_of(net, batch):
+        images, target = batch
+        return F.multilabel_soft_margin_loss(net(images.to(device)), target.to(device))
+
+    run_epochs(model, TrainingImages(dataset, config), optimizer, loss_of, epochs=config.epochs,
+               batch_size=config.batch_size, poly_power=config.poly_power, seed=config.seed,
+               num_workers=config.num_workers, workdir=workdir, device=device, label="CAM",
+               what="classifier", log=log)
+
+
+def run_epochs(model, items, optimizer, loss_of, *, epochs: int, batch_size: int, poly_power: float, seed: int,
+               num_workers: int, workdir: Path, device: torch.device, label: str, what: str, log=print) -> None:
+    """The epoch loop the CAM, IRNet and AffinityNet trainers share, on ``model`` (already on
+    ``device``) in place.
+
+    ``items``: a torch Dataset whose ``epoch`` attribute seeds its random draws; batches of
+    ``batch_size`` split over torchrun ranks (DDP), ordered by (seed, epoch); ``loss_of(net,
+    batch)`` -> scalar loss; ``optimizer``: SGD whose groups decay by poly from their starting
+    lr. Rank 0 writes ``workdir/latest.pth`` (model, optimizer, epoch) after every epoch and a
+    rerun resumes from it; progress and losses as "{label} epoch e/E", the resume as
+    "resuming {what} training after epoch N"."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    per_rank = max(1, batch_size // world)
+    sampler = torch.utils.data.DistributedSampler(items, world, rank, shuffle=True, seed=seed,
+                                                  drop_last=True) if world > 1 else None
+    steps_per_epoch = len(items) // (per_rank * world)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(items)} images are fewer than one batch of {batch_size}")
+    total_steps = steps_per_epoch * epochs
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     start_epoch = 0
     latest = workdir / "latest.pth"
@@ -116,37 +136,36 @@ def train(model, dataset: Dataset, config: TrainConfig, workdir: Path, device: t
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
-        log(f"resuming classifier training after epoch {start_epoch} ({latest})")
+        log(f"resuming {what} training after epoch {start_epoch} ({latest})")
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    for epoch in range(start_epoch, config.epochs):
-        images.epoch = epoch
-        order_rng = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    for epoch in range(start_epoch, epochs):
+        items.epoch = epoch
+        order_rng = torch.Generator().manual_seed(seed * 1000 + epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
-            images, batch_size=per_rank, sampler=sampler, shuffle=sampler is None, generator=order_rng,
-            drop_last=True, num_workers=config.num_workers, persistent_workers=False)
+            items, batch_size=per_rank, sampler=sampler, shuffle=sampler is None, generator=order_rng,
+            drop_last=True, num_workers=num_workers, persistent_workers=False)
         net.train()
         losses = []
         show = rank == 0 and not quiet()
-        for step_in_epoch, (batch, target) in enumerate(track(loader, f"CAM epoch {epoch + 1}/{config.epochs}",
-                                                              total=steps_per_epoch, enabled=show)):
+        for step_in_epoch, batch in enumerate(track(loader, f"{label} epoch {epoch + 1}/{epochs}",
+                                                    total=steps_per_epoch, enabled=show)):
             step = epoch * steps_per_epoch + step_in_epoch
             for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = poly_lr(base, step, total_steps, config.poly_power)
-            logits = net(batch.to(device))
-            loss = F.multilabel_soft_margin_loss(logits, target.to(device))
+                group["lr"] = poly_lr(base, step, total_steps, poly_power)
+            loss = loss_of(net, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
         if not math.isfinite(float(np.mean(losses))):
-            raise FloatingPointError("classifier training diverged (loss is not finite); lower lr")
+            raise FloatingPointError(f"{what} training diverged (loss is not finite); lower lr")
         if rank == 0:
-            log(f"CAM epoch {epoch + 1}/{config.epochs}: loss {np.mean(losses):.4f}")
+            log(f"{label} epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f}")
             tmp = workdir / f".latest.pth.{os.getpid()}"
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "epoch": epoch + 1}, tmp)
