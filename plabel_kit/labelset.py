@@ -28,13 +28,21 @@ MANIFEST = "manifest.json"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so equal arrays give byte-equal files
 
 
-def _write_atomic(target: Path, data: bytes, tmp_dir: Path):
-    tmp = tmp_dir / f"{target.name}.{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+def write_atomic(target, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write ``data`` to ``target`` through a temp file and ``os.replace``: readers see the old
+    file or the whole new one, never half. The temp file goes in ``tmp_dir`` (a label set's
+    ``.tmp``, swept after a crash by the pid in its name) or beside ``target`` as a hidden file."""
+    target = Path(target)
+    pid = os.getpid()
+    tmp = tmp_dir / f"{target.name}.{pid}" if tmp_dir is not None else target.with_name(f".{target.name}.{pid}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def encode_label_png(label: np.ndarray, palette: np.ndarray) -> bytes:
@@ -187,16 +195,16 @@ class LabelSetWriter:
                 leftover.unlink(missing_ok=True)
 
     def _write_manifest(self, manifest: dict):
-        _write_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2).encode(), self.tmp_dir)
+        write_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2).encode(), self.tmp_dir)
 
     def done(self, image_id: str) -> bool:
         return (self.path / "labels" / f"{image_id}.png").is_file()
 
     def write(self, image_id: str, pseudo: PseudoLabel):
         if pseudo.scores is not None:
-            _write_atomic(self.path / "scores" / f"{image_id}.npz",
+            write_atomic(self.path / "scores" / f"{image_id}.npz",
                           encode_scores(pseudo.scores, pseudo.keys, pseudo.stride), self.tmp_dir)
-        _write_atomic(self.path / "labels" / f"{image_id}.png",
+        write_atomic(self.path / "labels" / f"{image_id}.png",
                       encode_label_png(pseudo.label, self.palette), self.tmp_dir)
 
     def finish(self, extra: dict | None = None) -> dict:

@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .arrays import voc_palette
+from .labelset import write_atomic
 
 MIN_SIZE = 48
 
@@ -513,16 +513,6 @@ def _evolving_samples(n: int, size: int, seed: int) -> Iterator[tuple[str, np.nd
 
 # ---------------------------------------------------------------- output
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and os.replace, so readers never see half a file."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -544,15 +534,15 @@ class _DatasetWriter:
         palette = voc_palette(256)
         self.png_palette = palette.flatten().tolist()
         text = json.dumps({"classes": list(classes), "palette": palette[:len(classes)].tolist()})
-        _write_atomic(self.root / "classes.json", (text + "\n").encode())
+        write_atomic(self.root / "classes.json", (text + "\n").encode())
 
     def add(self, sample_id: str, image: np.ndarray, mask: np.ndarray, **columns: str) -> None:
         """Write image (uint8 [H, W, 3]) and mask (uint8 [H, W] class ids) and record the row."""
         image_rel, mask_rel = f"images/{sample_id}.png", f"masks/{sample_id}.png"
-        _write_atomic(self.root / image_rel, _png(Image.fromarray(image)))
+        write_atomic(self.root / image_rel, _png(Image.fromarray(image)))
         mask_image = Image.fromarray(mask)  # mode L; putpalette turns it into P
         mask_image.putpalette(self.png_palette)
-        _write_atomic(self.root / mask_rel, _png(mask_image))
+        write_atomic(self.root / mask_rel, _png(mask_image))
         present = [int(c) for c in np.unique(mask) if c != 0]
         labels = ";".join(self.classes[c] for c in present)
         self.rows.append({"id": sample_id, "image": image_rel, "labels": labels, "mask": mask_rel,
@@ -564,7 +554,7 @@ class _DatasetWriter:
         writer.writeheader()
         writer.writerows(self.rows)
         path = self.root / "index.csv"
-        _write_atomic(path, buffer.getvalue().encode())
+        write_atomic(path, buffer.getvalue().encode())
         return path
 
 

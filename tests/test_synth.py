@@ -102,8 +102,8 @@ def test_scenes_deterministic_and_prefix(tmp_path):
 
 def test_index_is_written_last_and_atomically(tmp_path, monkeypatch):
     written = []
-    write = synth._write_atomic
-    monkeypatch.setattr(synth, "_write_atomic", lambda path, data: (written.append(path.name), write(path, data)))
+    write = synth.write_atomic
+    monkeypatch.setattr(synth, "write_atomic", lambda path, data: (written.append(path.name), write(path, data)))
     (tmp_path / "index.csv").write_text("stale\n")
     synth.make_evolving(tmp_path, n=3, size=SIZE, progress=False)
     assert written[-1] == "index.csv" and written.count("index.csv") == 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from plabel_kit import DataError
 from plabel_kit.datasets import load_index_png
+from plabel_kit.labelset import write_atomic
 from plabel_kit.types import IGNORE
 
 IGNORE_LABEL = "__ignore__"
@@ -127,15 +127,6 @@ def read_annotation(path, image_id: str, classes: list[str]) -> np.ndarray:
 
 # ---- writing -------------------------------------------------------------------------
 
-def _write_atomic(path: Path, data: bytes):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def labelme_document(mask: np.ndarray, classes: list[str], image_name: str) -> dict:
     """A LabelMe document whose shapes rebuild ``mask`` uint8 [H, W] (255 as __ignore__)."""
     names = {i: name for i, name in enumerate(classes)} | {IGNORE: IGNORE_LABEL}
@@ -170,7 +161,7 @@ def write_tasks(document: dict, dataset, out, pick: str = "medoid") -> Path:
     writer = csv.DictWriter(buffer, fieldnames=("sequence", "id", "image"), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(out / TASKS_CSV, buffer.getvalue().encode())
+    write_atomic(out / TASKS_CSV, buffer.getvalue().encode())
     return out / TASKS_CSV
 
 
@@ -205,10 +196,10 @@ def simulate_annotations(tasks_folder, dataset, out, fmt: str = "png") -> int:
                             image_id=image_id)
         if fmt == "png":
             data = encode_label_png(sample.mask, dataset.palette)
-            _write_atomic(out / f"{image_id}.png", data)
+            write_atomic(out / f"{image_id}.png", data)
         elif fmt == "labelme":
             document = labelme_document(sample.mask, dataset.classes, Path(row["image"]).name)
-            _write_atomic(out / f"{image_id}.json", json.dumps(document).encode())
+            write_atomic(out / f"{image_id}.json", json.dumps(document).encode())
         else:
             raise ValueError("format must be png or labelme")
         sample._image = sample._mask = None
@@ -220,7 +211,7 @@ def _write_index(path: Path, rows: list[dict]):
     writer = csv.DictWriter(buffer, fieldnames=("id", "image", "labels", "mask"), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(path, buffer.getvalue().encode())
+    write_atomic(path, buffer.getvalue().encode())
 
 
 def write_annotated_dataset(tasks_folder, annotations, dataset, out) -> tuple[Path, list[str]]:
@@ -233,7 +224,7 @@ def write_annotated_dataset(tasks_folder, annotations, dataset, out) -> tuple[Pa
 
     out = Path(out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "classes.json", json.dumps(
+    write_atomic(out / "classes.json", json.dumps(
         {"classes": dataset.classes, "palette": dataset.palette[:dataset.num_classes].tolist()}).encode())
     rows, missing = [], []
     for row in read_tasks(tasks_folder):
@@ -257,7 +248,7 @@ def write_annotated_dataset(tasks_folder, annotations, dataset, out) -> tuple[Pa
             if mask.shape != (height, width):
                 raise DataError(f"annotation is {mask.shape[1]}x{mask.shape[0]} but the image is {width}x{height}",
                                 path=path, image_id=image_id)
-        _write_atomic(out / "masks" / f"{image_id}.png", encode_label_png(mask, dataset.palette))
+        write_atomic(out / "masks" / f"{image_id}.png", encode_label_png(mask, dataset.palette))
         present = [dataset.classes[c] for c in np.unique(mask) if 0 < c < len(dataset.classes)]
         rows.append({"id": image_id, "image": str(Path(sample.image_path).resolve()), "labels": ";".join(present),
                      "mask": f"masks/{image_id}.png"})

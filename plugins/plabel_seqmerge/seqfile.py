@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -99,14 +98,11 @@ def build_sequences(dataset, embedder, params: dict, progress: bool = True) -> d
 
 
 def write_json_atomic(path, document: dict):
+    from plabel_kit.labelset import write_atomic
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(document, indent=1) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, (json.dumps(document, indent=1) + "\n").encode())
 
 
 def read_sequences(path) -> dict:
