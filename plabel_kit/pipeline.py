@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PlabelError
+from .labelset import write_atomic
 
 STEPS = ("source", "refine", "combine", "command", "evaluate", "report")
 #: stage keys that belong to the step, not to the component it builds
@@ -153,6 +154,7 @@ class Runner:
                           "config_dir": str(pipeline.path.resolve().parent)}
         self.progress, self.echo = progress, echo
         self.fingerprints: dict[str, str] = {}
+        self._datasets: dict = {}
 
     # ---- resolution ------------------------------------------------------------------
 
@@ -188,9 +190,32 @@ class Runner:
         spec = self.resolve(stage.spec, stage)
         data = spec.get("data", self.variables["data"])
         payload = {"step": stage.step, "spec": spec, "needs": {n: self.fingerprints[n] for n in stage.needs},
-                   "data": _data_identity(data), "config_files": _config_files(spec, self.work)}
+                   "data": self._data_identity(data, spec.get("split")),
+                   "config_files": _config_files(spec, self.work)}
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def dataset(self, data, split=None):
+        """The dataset at ``data`` (``split`` of a VOC root), opened once per run: a VOC root
+        decodes every mask when it opens."""
+        from .datasets import open_dataset
+
+        key = (str(data), split)
+        if key not in self._datasets:
+            self._datasets[key] = open_dataset(data, split)
+        return self._datasets[key]
+
+    def _data_identity(self, data, split) -> str:
+        """The dataset's ids and classes (as label sets record it); the path for a stage's
+        output (its producer's fingerprint is already among the needs) or an unreadable one."""
+        if data is None:
+            return "unset"
+        if Path(data).resolve().is_relative_to(self.work.resolve()):
+            return str(data)
+        try:
+            return self.dataset(data, split).fingerprint()
+        except PlabelError:
+            return str(data)
 
     # ---- state -------------------------------------------------------------------------
 
@@ -204,9 +229,7 @@ class Runner:
     def _write_state(self, stage: Stage, state: dict):
         folder = self.work / stage.name
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{STATE}.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, folder / STATE)
+        write_atomic(folder / STATE, json.dumps(state, indent=2).encode())
 
     def _clear(self, stage: Stage):
         folder = self.work / stage.name
@@ -328,9 +351,7 @@ class Runner:
         document = {"pipeline": str(self.pipeline.path.resolve()), "data": self.variables["data"],
                     "variables": {k: v for k, v in self.variables.items() if isinstance(v, (str, int, float))},
                     "stages": stages}
-        tmp = self.work / ".pipeline.json.tmp"
-        tmp.write_text(json.dumps(document, indent=2, default=str))
-        os.replace(tmp, self.work / "pipeline.json")
+        write_atomic(self.work / "pipeline.json", json.dumps(document, indent=2, default=str).encode())
 
 
 @contextlib.contextmanager
@@ -378,17 +399,6 @@ def _config_files(value, work: Path) -> dict:
     return found
 
 
-def _data_identity(data) -> str:
-    """The dataset's ids and classes (as label sets record it), or the path when unreadable."""
-    from .datasets import open_dataset
-
-    if data is None:
-        return "unset"
-    try:
-        return open_dataset(data).fingerprint()
-    except PlabelError:
-        return str(data)
-
 
 # ---- steps -------------------------------------------------------------------------------
 
@@ -405,9 +415,7 @@ def _component(stage: Stage, kind: str, spec: dict):
 
 
 def _stage_data(runner: Runner, spec: dict):
-    from .datasets import open_dataset
-
-    return open_dataset(spec.get("data", runner.variables["data"]), spec.get("split"))
+    return runner.dataset(spec.get("data", runner.variables["data"]), spec.get("split"))
 
 
 def _manifest_result(manifest: dict) -> dict:
