@@ -20,14 +20,19 @@ BACKBONES = {
 OUTPUT_STRIDES = {16: ((1, 2, 2, 1), (1, 1, 1, 1)), 8: ((1, 2, 1, 1), (1, 1, 2, 4))}
 
 
+def check_architecture(backbone: str, output_stride: int) -> None:
+    """ValueError unless ``backbone`` is a preset of BACKBONES and ``output_stride`` one of OUTPUT_STRIDES."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone {backbone!r} unknown (known: {', '.join(BACKBONES)})")
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {sorted(OUTPUT_STRIDES)}")
+
+
 def build_backbone(name: str, output_stride: int, frozen_stem: bool, norm_eval: bool) -> tuple[nn.Module, int]:
     import mmseg.models  # noqa: F401  (fills mmseg's MODELS registry)
     from mmseg.registry import MODELS
 
-    if name not in BACKBONES:
-        raise ValueError(f"backbone {name!r} unknown (known: {', '.join(BACKBONES)})")
-    if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"output_stride must be one of {sorted(OUTPUT_STRIDES)}")
+    check_architecture(name, output_stride)
     config, channels = BACKBONES[name]
     strides, dilations = OUTPUT_STRIDES[output_stride]
     config = dict(config, num_stages=4, out_indices=(3,), strides=strides, dilations=dilations,

@@ -88,12 +88,9 @@ class Cam(LabelSource):
     device: str = "auto"
 
     def __post_init__(self):
-        from .model import BACKBONES, OUTPUT_STRIDES
+        from .model import check_architecture
 
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}")
-        if self.output_stride not in OUTPUT_STRIDES:
-            raise ValueError(f"output_stride must be one of {sorted(OUTPUT_STRIDES)}")
+        check_architecture(self.backbone, self.output_stride)
         if self.mode not in ("threshold", "ir_labels"):
             raise ValueError("mode must be 'threshold' or 'ir_labels'")
         if not self.scales:

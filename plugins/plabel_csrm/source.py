@@ -130,12 +130,9 @@ class Csrm(LabelSource):
     device: str = "auto"
 
     def __post_init__(self):
-        from plabel_cam.model import BACKBONES, OUTPUT_STRIDES
+        from plabel_cam.model import check_architecture
 
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}")
-        if self.output_stride not in OUTPUT_STRIDES:
-            raise ValueError(f"output_stride must be one of {sorted(OUTPUT_STRIDES)}")
+        check_architecture(self.backbone, self.output_stride)
         if self.output not in ("cam", "seg"):
             raise ValueError("output must be 'cam' or 'seg'")
         if self.cam_checkpoint and self.pretrained:

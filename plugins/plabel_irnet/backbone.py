@@ -13,12 +13,9 @@ class StageBackbone(nn.Module):
         super().__init__()
         import mmseg.models  # noqa: F401  (fills mmseg's MODELS registry)
         from mmseg.registry import MODELS
-        from plabel_cam.model import BACKBONES, OUTPUT_STRIDES
+        from plabel_cam.model import BACKBONES, OUTPUT_STRIDES, check_architecture
 
-        if name not in BACKBONES:
-            raise ValueError(f"backbone {name!r} unknown (known: {', '.join(BACKBONES)})")
-        if output_stride not in OUTPUT_STRIDES:
-            raise ValueError(f"output_stride must be one of {sorted(OUTPUT_STRIDES)}")
+        check_architecture(name, output_stride)
         strides, dilations = OUTPUT_STRIDES[output_stride]
         config = dict(BACKBONES[name][0], num_stages=4, out_indices=(0, 1, 2, 3), strides=strides,
                       dilations=dilations, norm_cfg=dict(type="BN", requires_grad=True), norm_eval=True,
