@@ -20,6 +20,23 @@ def normalise(image) -> torch.Tensor:
     return (tensor - mean) / std
 
 
+def scaled_batches(image: torch.Tensor, scales, flip: bool):
+    """For each scale, the normalised image [3, H, W] resized by it, with its mirror when
+    ``flip``: [1 or 2, 3, h, w] (IRN's multi-scale inference input)."""
+    height, width = image.shape[1:]
+    for scale in scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        scaled = image[None] if size == (height, width) else \
+            F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
+        yield torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
+
+
+def fold_flip(maps: torch.Tensor, flip: bool) -> torch.Tensor:
+    """Maps [1 or 2, K, h, w] of a ``scaled_batches`` batch -> [K, h, w]: the image's plus its
+    mirror's flipped back."""
+    return maps[0] + maps[1].flip(-1) if flip else maps[0]
+
+
 @torch.no_grad()
 def multiscale_cam(model, image: torch.Tensor, class_ids, scales=(1.0, 0.5, 1.5, 2.0),
                    flip: bool = True, output_stride: int = 16) -> torch.Tensor:
@@ -32,13 +49,8 @@ def multiscale_cam(model, image: torch.Tensor, class_ids, scales=(1.0, 0.5, 1.5,
     rounded = (math.ceil(height / output_stride) * output_stride,
                math.ceil(width / output_stride) * output_stride)
     total = None
-    for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = image[None] if size == (height, width) else \
-            F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
-        batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
-        cams = model.cams(batch)[:, class_ids]
-        cams = cams[0] + cams[1].flip(-1) if flip else cams[0]
+    for batch in scaled_batches(image, scales, flip):
+        cams = fold_flip(model.cams(batch)[:, class_ids], flip)
         cams = F.interpolate(cams[None], size=rounded, mode="bilinear", align_corners=False)[0]
         cams = cams[:, :height, :width]
         total = cams if total is None else total + cams

@@ -17,17 +17,14 @@ def multiscale_segmentation(model, image: torch.Tensor, class_ids, scales=(1.0, 
     The reference averages logits and multiplies them by the 0/1 tag vector, which gives
     absent classes a logit of 0 that can beat the present classes' negative logits;
     restricting probabilities has no such case."""
+    from plabel_cam.infer import fold_flip, scaled_batches
+
     height, width = image.shape[1:]
     total = None
-    for scale in scales:
-        size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        scaled = image[None] if size == (height, width) else \
-            F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)
-        batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
+    for batch in scaled_batches(image, scales, flip):
         logits = F.interpolate(model.segment(batch).float(), size=(height, width), mode="bilinear",
                                align_corners=False)
-        probs = torch.softmax(logits, dim=1)
-        probs = probs[0] + probs[1].flip(-1) if flip else probs[0]
+        probs = fold_flip(torch.softmax(logits, dim=1), flip)
         total = probs if total is None else total + probs
     kept = total[[0, *class_ids]]
     return (kept / kept.sum(dim=0, keepdim=True).clamp_min(1e-12)).float()
