@@ -6,10 +6,7 @@
 Prints mIoU, fwIoU, pixel accuracy and per-class IoU (percent), as the log does.
 """
 import argparse
-import json
 import os
-
-from mmengine.config import DictAction
 
 from plabel_mmseg import api
 
@@ -23,22 +20,8 @@ def parse_args():
     parser.add_argument(
         '--work-dir', help='the dir to save logs (default: the checkpoint\'s)')
     parser.add_argument('--out', help='write the scores to this JSON file')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    api.add_launch_arguments(parser)
+    return api.parse_launch_args(parser)
 
 
 def main():
@@ -52,8 +35,7 @@ def main():
         cfg_options=args.cfg_options,
         launcher=args.launcher)
     if int(os.environ.get('RANK', 0)) == 0:
-        # a class absent from ground truth and prediction has no IoU: null
-        text = json.dumps({k: None if v != v else v for k, v in metrics.items()}, indent=2)
+        text = api.metrics_json(metrics)
         print(text)
         if args.out:
             with open(args.out, 'w') as handle:

@@ -7,9 +7,6 @@ Multi-GPU / multi-node: tools/dist_train.sh CONFIG GPUS ... (torchrun). The work
 the checkpoints, ``last_checkpoint`` (what --resume continues from) and the logs.
 """
 import argparse
-import os
-
-from mmengine.config import DictAction
 
 from plabel_mmseg import api
 
@@ -37,23 +34,8 @@ def parse_args():
         action='store_true',
         default=False,
         help='enable automatic-mixed-precision training')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK instead
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    api.add_launch_arguments(parser)
+    return api.parse_launch_args(parser)
 
 
 def main():

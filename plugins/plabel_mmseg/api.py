@@ -14,6 +14,33 @@ from .checkpoints import read_mmengine_checkpoints
 LAUNCHERS = ("none", "pytorch", "slurm", "mpi")
 
 
+def add_launch_arguments(parser) -> None:
+    """``--cfg-options``, ``--launcher`` and ``--local-rank`` as mmseg's tools/train.py and
+    tools/test.py take them (argparse)."""
+    from mmengine.config import DictAction
+
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override some settings in the used config, the key-value pair '
+                        'in xxx=yyy format will be merged into config file.')
+    parser.add_argument('--launcher', choices=list(LAUNCHERS), default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK instead
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_launch_args(parser):
+    """``parser.parse_args()``, with LOCAL_RANK set from --local-rank when no launcher set it."""
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def metrics_json(metrics: dict) -> str:
+    """``test``'s scores as JSON; a class absent from ground truth and prediction has no IoU: null."""
+    import json
+
+    return json.dumps({k: None if v != v else v for k, v in metrics.items()}, indent=2)
+
+
 def default_launcher() -> str:
     """'pytorch' inside a multi-process torchrun, else 'none'."""
     return "pytorch" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else "none"

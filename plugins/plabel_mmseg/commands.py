@@ -1,7 +1,6 @@
 """``plabel segment train|test|predict``: MMSegmentation segmenters on plabel data."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -115,9 +114,8 @@ def test(config, checkpoint, data, split, work, json_path, launcher, cfg_options
     from rich.console import Console
 
     Console().print(_table(metrics, f"{Path(checkpoint).name} on {data}"))
-    if json_path:  # a class absent from ground truth and prediction has no IoU: null
-        Path(json_path).write_text(json.dumps({k: None if v != v else v for k, v in metrics.items()},
-                                              indent=2))
+    if json_path:
+        Path(json_path).write_text(api.metrics_json(metrics))
 
 
 def _table(metrics: dict, title: str):
