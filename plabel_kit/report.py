@@ -191,15 +191,11 @@ def _iou_table(dataset, scores) -> str:
         return f"<tr><td>{e(label)}</td>{cells}</tr>"
 
     for c, name in enumerate(dataset.classes):
-        lines.append(row(name, [_iou_of(scores[n], c) for n in names]))
+        lines.append(row(name, [scores[n]["classes"][c]["iou"] for n in names]))
     lines.append(row("mIoU", [scores[n]["miou"] for n in names]))
     lines.append(row("fwIoU", [scores[n]["fwiou"] for n in names]))
     lines.append("</table>")
     return "\n".join(lines)
-
-
-def _iou_of(result: dict, c: int):
-    return result["classes"][c]["iou"]
 
 
 def _provenance(sets, pipeline) -> str:
