@@ -1,10 +1,12 @@
 """The ``plabel`` command line. Runtime failures: one line, exit code 1."""
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -16,13 +18,30 @@ from .registry import KIND_TITLES, did_you_mean
 
 
 class PlabelGroup(click.Group):
-    """Turns PlabelError into a one-line ClickException."""
+    """Turns PlabelError, and an OSError of a file the command could not write (disk full, no
+    permission, read-only), into a one-line ClickException; ``plabel --debug`` (or
+    ``PLABEL_DEBUG=1``) prints the traceback before it."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except PlabelError as exc:
+            _debug_traceback(ctx, exc)
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            if exc.errno not in _FILE_ERRNOS:
+                raise
+            _debug_traceback(ctx, exc)
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
+
+
+_FILE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _debug_traceback(ctx, exc: BaseException):
+    if ctx.find_root().params.get("debug") or os.environ.get("PLABEL_DEBUG"):
+        traceback.print_exception(exc, file=sys.stderr)
 
 
 # ---- options defined once ------------------------------------------------------------
@@ -74,7 +93,8 @@ def _quiet() -> bool:
 @click.group(cls=PlabelGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="plabel")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def cli(quiet):
+@click.option("--debug", is_flag=True, help="Print the traceback of an error (a component's is also in <out>/error.log).")
+def cli(quiet, debug):
     """plabel: pseudo labels for weakly supervised semantic segmentation.
 
     \b
@@ -130,17 +150,43 @@ def synth_evolving(out, n, size, seed):
     click.echo(f"wrote {n} evolving images: {index}")
 
 
+@synth.command("video")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--clips", default=8, show_default=True, type=click.IntRange(min=0), help="Number of clips.")
+@click.option("--frames", default=32, show_default=True, type=click.IntRange(min=0), help="Frames per clip.")
+@click.option("--size", default=160, show_default=True, type=click.IntRange(min=48),
+              help="Longer side of a frame in pixels (frames are 16:9).")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+def synth_video(out, clips, frames, size, seed):
+    """Video clips with real motion and a mask per frame (subject = clip, time, frame columns):
+    a panning camera over a textured background, objects that move, turn, bend and occlude.
+
+    Example: plabel synth video /tmp/v --clips 4 --frames 24
+    """
+    from .synth import make_video
+
+    index = make_video(out, clips=clips, frames=frames, size=size, seed=seed, progress=not _quiet())
+    click.echo(f"wrote {clips} clips of {frames} frames: {index}")
+
+
 # ---- data ----------------------------------------------------------------------------
 
 @cli.command()
 @data_options
-def check(data, split):
-    """Decode every image and mask of a dataset; report the first problem.
+@click.option("--confine", is_flag=True,
+              help="Refuse image and mask paths that lead outside the CSV's folder.")
+def check(data, split, confine):
+    """Decode every image and mask of a dataset; report the first problem, then what was
+    converted on loading (16-bit, EXIF orientation) and paths outside the dataset folder.
 
-    Example: plabel check --data /tmp/scenes/index.csv
+    Example: plabel check --data /tmp/scenes/index.csv --confine
     """
-    dataset = _dataset(data, split)
-    dataset.validate(progress=not _quiet())
+    from .datasets import open_dataset
+
+    dataset = open_dataset(data, split, confine=confine)
+    report = dataset.validate(progress=not _quiet())
+    for line in report.lines():
+        click.echo(line)
     click.echo(f"ok: {dataset.describe()}")
 
 
@@ -150,7 +196,9 @@ def check(data, split):
               help="Label set folder; repeat to compare several.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
 @click.option("--sweep", is_flag=True, help="Also sweep background thresholds 0.05..0.80 over score maps.")
-def evaluate(data, split, label_sets, json_path, sweep):
+@click.option("--strict", is_flag=True, help="Refuse a label set made from other images under the scored ids "
+                                             "(default: warn).")
+def evaluate(data, split, label_sets, json_path, sweep, strict):
     """Per-class IoU, mIoU, fwIoU, precision and recall of label sets against ground truth.
 
     Example: plabel evaluate --data /tmp/scenes/index.csv --labels /tmp/ls_whole --sweep
@@ -162,9 +210,13 @@ def evaluate(data, split, label_sets, json_path, sweep):
     console = _console()
     results = []
     for path in label_sets:
-        result = run_evaluation(dataset, LabelSet(path), sweep=sweep, progress=not _quiet())
+        result = run_evaluation(dataset, LabelSet(path), sweep=sweep, progress=not _quiet(), strict=strict)
         results.append(result)
         console.print(render_table(result))
+        if result["other_images"]:
+            other = result["other_images"]
+            click.echo(f"warning: {path} was made from other images for {len(other)} of the scored ids, "
+                       f"e.g. {other[0]}: its scores are not about this dataset (--strict refuses)", err=True)
         if result["scored_on_selection_images"]:
             console.print(f"[yellow]warning: {result['scored_on_selection_images']} evaluated image(s) "
                           f"were also used to fit {path} (its labelled subset): scores are optimistic[/yellow]")
@@ -187,7 +239,12 @@ def evaluate(data, split, label_sets, json_path, sweep):
 @out_option
 @click.option("--threshold", type=float, default=None,
               help="Background threshold for score maps without a background plane (default 0.15).")
-def import_(fmt, src, data, split, out, threshold):
+@click.option("--strict", is_flag=True,
+              help="Refuse score planes of classes an image is not tagged with (default: drop them, warn).")
+@click.option("--trust-pickle", is_flag=True,
+              help="Dangerous: read files with plain np.load(allow_pickle=True), which executes "
+                   "code in the file; only for files you made yourself.")
+def import_(fmt, src, data, split, out, threshold, strict, trust_pickle):
     """Import another implementation's .npy score files (IRN, Puzzle-CAM/PNOC/CSRM, PSA).
 
     Example: plabel import irn irn/result/cam --data VOC2012 --split train --out ls_irn
@@ -195,8 +252,14 @@ def import_(fmt, src, data, split, out, threshold):
     from .importers import import_scores
 
     dataset = _dataset(data, split)
-    result = import_scores(fmt, src, dataset, out, threshold=threshold, progress=not _quiet())
+    result = import_scores(fmt, src, dataset, out, threshold=threshold, progress=not _quiet(),
+                           strict=strict, trust_pickle=trust_pickle)
     click.echo(f"imported {result['imported']} of {len(dataset)} images into {out}")
+    dropped = result["dropped"]
+    if dropped["planes"]:
+        click.echo(f"warning: dropped {dropped['planes']} score plane(s) of untagged classes in "
+                   f"{len(dropped['images'])} image(s), e.g. id {dropped['images'][0]!r} "
+                   f"(--strict refuses them)", err=True)
     if result["missing"]:
         click.echo(f"{len(result['missing'])} image(s) had no {fmt} file in {src}, e.g. "
                    f"{result['missing'][0]}", err=True)
@@ -207,28 +270,38 @@ def import_(fmt, src, data, split, out, threshold):
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json):
-    """List loaded plugins, their packages and versions, and what each registers."""
+    """List plugins, their packages and versions, and what each registers; flag broken
+    plugins (with the reason) and names two plugins registered."""
     from .plugins import get_plugins
 
     loaded = get_plugins()
-    loaded.registry  # fills each plugin's component list
+    registry = loaded.registry  # fills each plugin's component list
+    clashing = {e.plugin for kind in KINDS for entries in registry.clashes[kind].values() for e in entries}
     rows = [{"name": i.name, "package": i.package, "version": i.version, "hooks": i.hooks,
-             "components": i.components} for i in loaded.info.values()]
+             "components": i.components, "status": "broken" if i.problem else "clash" if i.name in clashing else "ok",
+             "problem": i.problem} for i in loaded.all()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
 
     table = Table(title="plabel plugins")
-    for column in ("plugin", "package", "version", "registers"):
+    for column in ("plugin", "package", "version", "registers", "status"):
         table.add_column(column)
     for row in rows:
         registered = "; ".join(f"{KIND_TITLES[k]}s: {', '.join(v)}" for k, v in row["components"].items())
         others = [h for h in row["hooks"] if h not in ("register_label_sources", "register_refiners",
                                                        "register_combiners", "register_embedders")]
         registered = "; ".join(filter(None, [registered, ", ".join(others)]))
-        table.add_row(row["name"], row["package"], row["version"], registered or "-")
+        table.add_row(row["name"], row["package"], row["version"], registered or "-", row["status"])
     _console().print(table)
+    # plain lines, not table cells: the reasons are long and must not be cut
+    for row in rows:
+        if row["problem"]:
+            package = f"{row['package']} {row['version']}".strip()
+            click.echo(f"broken: plugin {row['name']!r} ({package}): {row['problem']}")
+    for line in registry.clash_messages():
+        click.echo(f"clash: {line}")
 
 
 def _kind_choice(value):
@@ -258,12 +331,13 @@ def components(kind, as_json):
     rows = []
     for k in ([kind] if kind else list(KINDS)):
         for name in registry.names(k):
-            entry = registry.entry(k, name)
-            doc = (entry.cls.__doc__ or "").strip().splitlines()
-            rows.append({"name": name, "kind": k, "plugin": entry.plugin, "package": entry.package,
-                         "parameters": [{"name": p.name, "type": p.type, "default": p.default,
-                                         "required": p.required} for p in parameters(entry.cls)],
-                         "summary": doc[0] if doc else ""})
+            entries = registry.registrants(k, name)  # two or more: a clash, listed with each plugin
+            for entry in entries:
+                doc = (entry.cls.__doc__ or "").strip().splitlines()
+                rows.append({"name": name, "kind": k, "plugin": entry.plugin, "package": entry.package,
+                             "parameters": [{"name": p.name, "type": p.type, "default": p.default,
+                                             "required": p.required} for p in parameters(entry.cls)],
+                             "summary": doc[0] if doc else "", "clash": len(entries) > 1})
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
@@ -275,8 +349,13 @@ def components(kind, as_json):
     for row in rows:
         params = ", ".join(f"{p['name']}: {p['type']}" + ("" if p["required"] else f" = {p['default']!r}")
                            for p in row["parameters"])
-        table.add_row(row["name"], KIND_TITLES[row["kind"]], row["plugin"], params or "-", row["summary"])
+        table.add_row(row["name"] + (" (clash)" if row["clash"] else ""), KIND_TITLES[row["kind"]], row["plugin"],
+                      params or "-", row["summary"])
     _console().print(table)
+    for line in registry.clash_messages():
+        click.echo(f"clash: {line}")
+    for what, why in registry.broken:
+        click.echo(f"broken: {what}: {why}")
 
 
 # ---- running components --------------------------------------------------------------
@@ -299,18 +378,23 @@ class ComponentGroup(PlabelGroup):
         from .plugins import get_registry
 
         registry = get_registry()
-        if name not in registry.entries[self.kind]:
-            return None
+        if name not in registry.entries[self.kind] or name in registry.clashes[self.kind]:
+            return None  # a clash is not listed in --help; using it fails in resolve_command
         return self.make_command(registry.entry(self.kind, name))
 
     def resolve_command(self, ctx, args):
+        from .errors import RegistryError
         from .plugins import get_registry
 
         name = args[0] if args else None
         if name is not None and not name.startswith("-") and self.get_command(ctx, name) is None:
-            known = get_registry().names(self.kind)
-            raise click.UsageError(f"unknown {KIND_TITLES[self.kind]} {name!r}"
-                                   f"{did_you_mean(name, known)} (known: {', '.join(known) or 'none'})", ctx)
+            registry = get_registry()
+            if name in registry.clashes[self.kind]:
+                registry.entry(self.kind, name)  # raises: names both plugins and packages, and the fix
+            try:
+                registry.entry(self.kind, name)
+            except RegistryError as exc:  # unknown: a usage error, with did-you-mean and broken plugins
+                raise click.UsageError(str(exc), ctx) from None
         return super().resolve_command(ctx, args)
 
 
@@ -461,8 +545,8 @@ def run_pipeline(pipeline, data, work, start, stop, overrides, dry_run):
 
     runner = Runner(load_pipeline(pipeline, parse_overrides(overrides)), data, work, progress=not _quiet(),
                     echo=click.echo)
-    if dry_run:
-        for stage, action in runner.plan(start, stop):
+    if dry_run:  # the same checks as a run, so a dry run finds what a run would stop on
+        for stage, action in runner.check(start, stop):
             click.echo(f"{stage.name:20s} {stage.step:9s} {action}")
         return
     actions = runner.run(start, stop)

@@ -8,20 +8,27 @@ import numpy as np
 from .arrays import foreground_planes, resize_scores
 from .datasets import Dataset
 from .errors import DataError, PlabelError
-from .labelset import LabelSet
+from .labelset import LabelSet, dataset_identity, identity_differences
 from .metrics import SWEEP_THRESHOLDS, confusion_matrix, scores_from_confusion
 from .progress import track
 
 
 def evaluate(dataset: Dataset, labels: LabelSet, *, sweep: bool = False,
-             thresholds=SWEEP_THRESHOLDS, progress: bool = True) -> dict:
+             thresholds=SWEEP_THRESHOLDS, progress: bool = True, strict: bool = False) -> dict:
     """Dataset-level scores of ``labels`` on every image that has ground truth.
 
     With ``sweep``, the label set's score maps are also thresholded at each background
-    threshold (IRN's rule) and the best threshold is reported."""
+    threshold (IRN's rule) and the best threshold is reported. ``other_images`` lists the
+    scored ids whose image differs from the one the label set was made from (its manifest's
+    identity); ``strict`` refuses to score then."""
     if labels.classes != dataset.classes:
         raise PlabelError(f"{labels.path}: classes {labels.classes} differ from the dataset's "
                           f"{dataset.classes}")
+    other_images = image_mismatches(dataset, labels)
+    if strict and other_images:
+        more = f" (and {len(other_images) - 1} more)" if len(other_images) > 1 else ""
+        raise PlabelError(f"{labels.path} was made from other images than {dataset.source}: "
+                          f"{other_images[0]}{more}; its scores would not be about this dataset")
     n = dataset.num_classes
     confusion = np.zeros((n, n + 1), dtype=np.int64)
     sweep_confusion = np.zeros((len(thresholds), n, n + 1), dtype=np.int64) if sweep else None
@@ -61,6 +68,7 @@ def evaluate(dataset: Dataset, labels: LabelSet, *, sweep: bool = False,
     result["scored_on_selection_images"] = len(selected_on & set(dataset.ids) - set(missing))
     result.update({"label_set": str(labels.path), "dataset": dataset.describe(),
                    "images": evaluated, "missing_labels": missing, "without_ground_truth": no_gt,
+                   "other_images": other_images,
                    "confusion": confusion.tolist()})
     if sweep:
         mious = [scores_from_confusion(c)["miou"] for c in sweep_confusion]
@@ -70,6 +78,17 @@ def evaluate(dataset: Dataset, labels: LabelSet, *, sweep: bool = False,
                            "best": _summary(scores_from_confusion(sweep_confusion[best]),
                                             dataset.classes)}
     return result
+
+
+def image_mismatches(dataset: Dataset, labels: LabelSet) -> list[str]:
+    """One line per id to be scored (it has ground truth and a label) whose image is not the
+    one the label set was made from. Empty when the set records no images (written before
+    manifests did, or imported) or an image is unreadable here (its mask still scores)."""
+    recorded = (labels.manifest.get("dataset") or {}).get("identity")
+    if not recorded:
+        return []
+    ids = [s.id for s in dataset.samples if s.mask_path is not None and s.id in recorded and s.id in labels]
+    return identity_differences(recorded, dataset_identity(dataset, ids, missing_ok=True))
 
 
 def _clean(x):

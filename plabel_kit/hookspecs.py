@@ -26,8 +26,9 @@ def register_label_sources(register: Register) -> None:
     """Register label sources: call ``register(cls, name=None)`` once per class.
 
     ``cls`` is a dataclass subclass of :class:`plabel_kit.LabelSource`; ``name`` defaults to
-    ``cls.name`` or the lower-cased class name. A name taken by another plugin fails with
-    a message naming both plugins and their packages."""
+    ``cls.name`` or the lower-cased class name. A name another plugin registers too is a
+    clash: ``plabel plugins`` flags it, and using the name fails with a message naming both
+    plugins and their packages."""
 
 
 @hookspec

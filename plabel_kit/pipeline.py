@@ -17,6 +17,10 @@ In strings, ``{data}``, ``{work}``, ``{out}`` (this stage's folder), ``{config_d
 pipeline file's folder) and any top-level variable of the pipeline (e.g. ``{test_data}``)
 are substituted, and ``@NAME`` or ``@NAME/sub/path`` names an earlier stage's folder.
 
+Before anything is created, cleared or run (and in a dry run), every stage is checked: its
+keys, the variables and references it uses, its command lines' command names, and its
+component's name and parameters with their types: a typo stops the run with nothing touched.
+
 Each finished stage records a fingerprint of its resolved dict, the fingerprints of the
 stages it reads and of its dataset in ``<work>/<name>/stage.json``. A finished stage with
 the same fingerprint is skipped; one whose fingerprint changed (its parameters or anything
@@ -39,11 +43,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PlabelError
-from .labelset import write_atomic
+from .labelset import exclusive_folder, write_atomic
 
 STEPS = ("source", "refine", "combine", "command", "evaluate", "report")
-#: stage keys that belong to the step, not to the component it builds
-STEP_KEYS = {"name", "step", "data", "split", "input", "inputs", "select_on", "select_split", "config"}
+#: the keys each step reads (besides ``name`` and ``step``); a source, refine or combine
+#: stage's other keys are its component's parameters, any other stage's are errors
+STEP_KEYS = {
+    "source": {"config", "data", "split"},
+    "refine": {"input", "config", "data", "split"},
+    "combine": {"inputs", "select_on", "select_split", "config", "data", "split"},
+    "command": {"run"},
+    "evaluate": {"labels", "segmenters", "title", "data", "split"},
+    "report": {"labels", "n", "data", "split"},
+}
+REQUIRED_KEYS = {"refine": ("input",), "combine": ("inputs",), "command": ("run",), "report": ("labels",)}
+COMPONENT_KINDS = {"source": "label_source", "refine": "refiner", "combine": "combiner"}
+#: variables every pipeline has: set by ``plabel run`` itself, not by --set
+BUILTIN_VARIABLES = ("data", "work", "out", "config_dir")
 STATE = "stage.json"
 LOG = "pipeline.log"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -132,9 +148,10 @@ def load_pipeline(path, overrides: dict | None = None) -> Pipeline:
         value = _literal(value) if isinstance(value, str) else value
         stage_name, dot, param = key.partition(".")
         if not dot:
+            _check_variable(pipeline, key)
             pipeline.variables[key] = value
         else:
-            pipeline.stage(stage_name).spec[param] = value
+            pipeline.stage(stage_name).spec[param] = value  # the key is checked with the stage (Runner.check)
     seen: list[str] = []
     for stage in stages:
         stage.needs = sorted(_references(stage.spec))
@@ -143,6 +160,29 @@ def load_pipeline(path, overrides: dict | None = None) -> Pipeline:
             raise PlabelError(f"{path}: stage {stage.name!r} reads @{unknown[0]}, which is not an earlier stage")
         seen.append(stage.name)
     return pipeline
+
+
+def _check_variable(pipeline: Pipeline, name: str):
+    """``--set NAME=...`` must name one of the pipeline's variables: a typo would otherwise
+    be accepted and change nothing."""
+    from .registry import did_you_mean
+
+    if name in BUILTIN_VARIABLES:
+        raise PlabelError(f"--set {name}=...: {{{name}}} is set by plabel run itself "
+                          f"({'--data' if name == 'data' else '--work' if name == 'work' else 'not settable'})")
+    if name not in pipeline.variables:
+        known = sorted(pipeline.variables)
+        raise PlabelError(f"--set {name}=...: {pipeline.path} has no variable {name!r}{did_you_mean(name, known)} "
+                          f"(variables: {', '.join(known) or 'none'}; a stage parameter is STAGE.KEY)")
+
+
+class _Unset(PlabelError):
+    """A stage uses a variable that is declared but not set (yet)."""
+
+
+#: what ``Runner.resolve`` makes of a string using an unset variable when checking a stage
+#: this run does not reach: its value is not known yet
+UNSET = type("Unset", (), {"__repr__": lambda self: "<unset>"})()
 
 
 class Runner:
@@ -158,8 +198,10 @@ class Runner:
 
     # ---- resolution ------------------------------------------------------------------
 
-    def resolve(self, value, stage: Stage):
-        """Substitute variables and ``@stage`` references in every string of ``value``."""
+    def resolve(self, value, stage: Stage, unset=_Unset):
+        """Substitute variables and ``@stage`` references in every string of ``value``. A
+        string using a variable that is not set raises; with ``unset`` given, it becomes
+        that value instead (checking stages this run does not reach)."""
         if isinstance(value, str):
             match = _REFERENCE.match(value)
             if match:
@@ -167,22 +209,35 @@ class Runner:
             variables = {**self.variables, "out": str(self.work / stage.name)}
             whole = _VARIABLE.fullmatch(value)
             if whole and whole.group(1) in variables and variables[whole.group(1)] is None:
-                return None  # an optional setting left unset (e.g. config='{irnet_config}')
+                # an optional setting left unset (e.g. config='{irnet_config}'), or one a
+                # stage beyond this run may get later
+                return None if unset is _Unset else unset
 
             def substitute(m, depth=0):
                 name = m.group(1)
-                if name not in variables or variables[name] is None:
-                    raise PlabelError(f"{self.pipeline.path}: stage {stage.name!r} uses {{{name}}}, which is not "
-                                      f"set (--set {name}=...; variables: {', '.join(sorted(variables))})")
+                if name not in variables:
+                    from .registry import did_you_mean
+
+                    raise PlabelError(f"{self.pipeline.path}: stage {stage.name!r} uses {{{name}}}, which is not a "
+                                      f"variable{did_you_mean(name, variables)} (variables: "
+                                      f"{', '.join(sorted(variables))})")
+                if variables[name] is None:
+                    raise _Unset(f"{self.pipeline.path}: stage {stage.name!r} uses {{{name}}}, which is not "
+                                 f"set (--set {name}=...; variables: {', '.join(sorted(variables))})")
                 if depth > 10:
                     raise PlabelError(f"{self.pipeline.path}: variable {name!r} refers to itself")
                 return _VARIABLE.sub(lambda inner: substitute(inner, depth + 1), str(variables[name]))
 
-            return _VARIABLE.sub(substitute, value)
+            try:
+                return _VARIABLE.sub(substitute, value)
+            except _Unset:
+                if unset is _Unset:
+                    raise
+                return unset
         if isinstance(value, dict):
-            return {k: self.resolve(v, stage) for k, v in value.items()}
+            return {k: self.resolve(v, stage, unset) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return [self.resolve(v, stage) for v in value]
+            return [self.resolve(v, stage, unset) for v in value]
         return value
 
     def fingerprint(self, stage: Stage) -> str:
@@ -274,10 +329,96 @@ class Runner:
                 plan.append((stage, "resume"))
         return plan
 
+    def check(self, start: str | None = None, stop: str | None = None) -> list[tuple[Stage, str]]:
+        """The plan, once every stage has been checked (``check_stage``): a typo fails here,
+        before anything is created, cleared or run."""
+        plan = self.plan(start, stop)
+        for stage, action in plan:
+            self.check_stage(stage, reached=action not in ("before", "after"))
+        return plan
+
+    def check_stage(self, stage: Stage, reached: bool = True):
+        """Check a stage's keys, the variables and references it uses and, for a component
+        stage, its component's name and parameters (those of its ``config`` file included),
+        without reading what earlier stages write (it may not exist yet). A stage the run
+        does not reach (not ``reached``) may use variables that are not set yet."""
+        where = f"{self.pipeline.path}: stage {stage.name!r}"
+        spec = self.resolve(stage.spec, stage, unset=_Unset if reached else UNSET)
+        for key in REQUIRED_KEYS.get(stage.step, ()):
+            if spec.get(key) is None or spec.get(key) == []:
+                raise PlabelError(f"{where}: a {stage.step} stage needs `{key}`")
+        if stage.step in COMPONENT_KINDS:
+            self._check_component(stage, spec, where)
+            return
+        from .registry import did_you_mean
+
+        allowed = STEP_KEYS[stage.step]
+        for key in spec:
+            if key not in allowed:
+                raise PlabelError(f"{where}: {stage.step} stages have no key {key!r}{did_you_mean(key, allowed)} "
+                                  f"(keys: {', '.join(sorted(allowed))})")
+        if stage.step == "command":
+            _check_command_lines(stage, spec, where)
+        if spec.get("labels") not in (None, UNSET) and not isinstance(spec["labels"], dict):
+            raise PlabelError(f"{where}: `labels` must be a dict {{title: label set}}")
+        for row in spec.get("segmenters") or []:
+            if not isinstance(row, dict) or "scores" not in row:
+                raise PlabelError(f"{where}: each of `segmenters` needs `scores` (a segment test --json file)")
+
+    def _check_component(self, stage: Stage, spec: dict, where: str):
+        """Build the stage's component (its __post_init__ checks values too) unless its
+        parameters name earlier stages' outputs or unset variables: then check names and
+        types only (an irnet source opens its CAM label set when built)."""
+        from .plugins import get_registry
+        from .registry import KIND_TITLES, did_you_mean, load_config, parameters
+
+        kind, registry = COMPONENT_KINDS[stage.step], get_registry()
+        if spec.get("type") is UNSET:
+            return  # named by a variable not set yet: nothing to check against
+        if not spec.get("type"):
+            raise PlabelError(f"{where}: a {stage.step} stage needs `type` (the {KIND_TITLES[kind]}'s name)")
+        try:
+            cls = registry.get(kind, spec["type"])
+        except PlabelError as exc:
+            raise PlabelError(f"{where}: {exc}") from None
+        params, step_keys = [p.name for p in parameters(cls)], STEP_KEYS[stage.step]
+        for key in spec:
+            if key not in step_keys and key != "type" and key not in params:
+                raise PlabelError(f"{where}: {KIND_TITLES[kind]} {cls.name!r} has no parameter {key!r}"
+                                  f"{did_you_mean(key, [*params, *step_keys])} (parameters: {', '.join(params) or 'none'}; "
+                                  f"{stage.step} stage keys: {', '.join(sorted(step_keys))})")
+        config, complete = {}, True
+        path = spec.get("config")
+        if not (path is None or path is UNSET or isinstance(path, str)):
+            raise PlabelError(f"{where}: `config` must be the path of a parameter file, not {path!r}")
+        if path is UNSET or (path and _is_within(path, self.work) and not Path(path).is_file()):
+            complete = False  # a config file an earlier stage writes, or one not set yet
+        elif path:
+            if not Path(path).is_file():
+                raise PlabelError(f"{where}: config file {path} not found")
+            try:
+                config = load_config(path)
+            except PlabelError as exc:
+                raise PlabelError(f"{where}: {exc}") from None
+        own = {k: v for k, v in spec.items() if k not in step_keys}
+        known = {k: v for k, v in own.items() if not _has_unset(v)}
+        complete = complete and len(known) == len(own)
+        config.update(known)
+        raw = {k: v for k, v in stage.spec.items() if k not in step_keys}
+        try:
+            if complete and not _references(raw):
+                registry.build(kind, config).close()
+            else:
+                registry.validate(kind, config, complete=complete)
+        except PlabelError as exc:
+            raise PlabelError(f"{where}: {exc}") from None
+
     def run(self, start: str | None = None, stop: str | None = None) -> dict:
         """Run the stages from ``start`` to ``stop``; returns {stage: action taken}."""
+        self.check(start, stop)
         self.work.mkdir(parents=True, exist_ok=True)
-        with _exclusive(self.work):
+        # one run per work dir: a second stops at once with the holder's pid
+        with exclusive_folder(self.work, "pipeline work dir"):
             return self._run_logged(start, stop)
 
     def _run_logged(self, start, stop) -> dict:
@@ -354,27 +495,57 @@ class Runner:
         write_atomic(self.work / "pipeline.json", json.dumps(document, indent=2, default=str).encode())
 
 
-@contextlib.contextmanager
-def _exclusive(work: Path):
-    """Hold ``<work>/.lock`` while running: a second ``plabel run`` on the same work dir
-    stops at once instead of writing into the same stages (the lock dies with its process)."""
-    import fcntl
+def _has_unset(value) -> bool:
+    if isinstance(value, dict):
+        return any(_has_unset(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_unset(v) for v in value)
+    return value is UNSET
 
-    with open(work / ".lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "?"
-            raise PlabelError(f"{work}: another plabel run (pid {holder}) is using this work dir") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+
+def _is_within(path, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(folder.resolve())
+
+
+def _check_command_lines(stage: Stage, spec: dict, where: str):
+    """Each line of a command stage is a list of arguments whose first names a plabel
+    command (the second, a group's sub-command); arguments left unset stop here, not after
+    the stages before it ran."""
+    import click
+
+    from .cli import cli
+    from .registry import did_you_mean
+
+    lines, raw = spec["run"], stage.spec["run"]
+    if not isinstance(lines, list) or not all(isinstance(a, (str, list)) or a is None or a is UNSET for a in lines):
+        raise PlabelError(f"{where}: `run` must be a list of plabel arguments, or a list of them")
+    if not any(isinstance(a, list) for a in lines):
+        lines, raw = [lines], [raw]
+    for args, raw_args in zip(lines, raw):
+        if not isinstance(args, list) or not args:
+            raise PlabelError(f"{where}: each line of `run` must be a non-empty list of plabel arguments")
+        unset = [r for a, r in zip(args, raw_args) if a is None]
+        if unset:
+            raise PlabelError(f"{where} needs {unset[0]} (set it with --set {str(unset[0]).strip('{}')}=...)")
+        group, ctx = cli, click.Context(cli)
+        for depth, name in enumerate(args[:2]):
+            if not isinstance(name, str) or name.startswith("-") or not isinstance(group, click.Group):
+                break
+            if hasattr(group, "kind"):  # a component group: the registry's own message
+                from .plugins import get_registry
+
+                try:
+                    get_registry().entry(group.kind, name)
+                except PlabelError as exc:
+                    raise PlabelError(f"{where}: {exc}") from None
+                break
+            command = group.get_command(ctx, name)
+            if command is None:
+                known = group.list_commands(ctx)
+                shown = " ".join(args[:depth + 1])
+                raise PlabelError(f"{where}: `plabel {shown}` is not a plabel command{did_you_mean(name, known)} "
+                                  f"(commands: {', '.join(known)})")
+            group = command
 
 
 def _config_files(value, work: Path) -> dict:
@@ -408,7 +579,7 @@ def _component(stage: Stage, kind: str, spec: dict):
     from .registry import load_config
 
     config = load_config(spec["config"]) if spec.get("config") else {}
-    config.update({k: v for k, v in spec.items() if k not in STEP_KEYS})
+    config.update({k: v for k, v in spec.items() if k not in STEP_KEYS[stage.step]})
     if "type" not in config:
         raise PlabelError(f"stage {stage.name!r}: a {stage.step} stage needs `type` (the component's name)")
     return get_registry().build(kind, config)

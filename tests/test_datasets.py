@@ -95,3 +95,19 @@ def test_label_of_wrong_size_in_evaluate(tiny, tmp_path, cli_run):
     assert cli_run("source", "ground_truth", "--data", tiny, "--out", out).exit_code == 0
     Image.fromarray(np.zeros((3, 3), np.uint8)).save(out / "labels" / "t1.png")
     _one_line_error(cli_run("evaluate", "--data", tiny, "--labels", out), "t1.png", "'t1'")
+
+
+def test_voc_split_ids_cannot_lead_outside_the_root(tmp_path):
+    root = tmp_path / "VOC2012"
+    (root / "ImageSets/Segmentation").mkdir(parents=True)
+    (root / "ImageSets/Segmentation/train.txt").write_text("../../secret\n")
+    with pytest.raises(DataError, match=r"train.txt: id '../../secret': id must start"):
+        open_dataset(root)
+    (root / "ImageSets/Segmentation/train.txt").write_bytes("2007_000129\ncaf\u00e9\n".encode("cp1252"))
+    with pytest.raises(DataError, match=r"train.txt: not UTF-8 text \(byte 0xe9 at line 2\)"):
+        open_dataset(root)
+
+
+def test_validate_reports_nothing_for_plain_data(tiny):
+    report = open_dataset(tiny).validate()
+    assert report.lines() == [] and report.converted == {} and report.outside == []

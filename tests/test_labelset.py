@@ -144,3 +144,66 @@ def test_runtime_parameters_may_change_between_resumes(tiny, tmp_path):
     assert manifest["producer"]["runtime"] == {"workers": 1}
     with pytest.raises(LabelSetError, match="refusing to mix"):
         run_source(Slow(level=1), dataset, tmp_path / "ls", progress=False)
+
+
+def _record(images):
+    """A dataset record (see labelset.dataset_record) of {id: image file}."""
+    from plabel_kit.labelset import file_identity
+
+    return {"fingerprint": "f", "identity": {i: [*file_identity(p), str(p)] for i, p in images.items()}}
+
+
+def test_resume_checks_images_of_shared_ids_and_records_new_ones(tmp_path):
+    import shutil
+
+    a, b, c = (tmp_path / f"{n}.bin" for n in "abc")
+    a.write_bytes(b"x" * 10)
+    b.write_bytes(b"y" * 10)  # same size as a, other bytes
+    c.write_bytes(b"z" * 20)
+    out = tmp_path / "ls"
+    LabelSetWriter(out, {"type": "t"}, CLASSES, voc_palette(), _record({"i0": a})).write("i0", _pseudo(0))
+    grown = LabelSetWriter(out, {"type": "t"}, CLASSES, voc_palette(), _record({"i0": a, "i1": c}))
+    grown.close()
+    assert set(LabelSet(out).manifest["dataset"]["identity"]) == {"i0", "i1"}
+    with pytest.raises(LabelSetError, match=r"other images: id 'i0' image .*a\.bin \(10 bytes, hash \w+\) vs "
+                                            r".*b\.bin \(same size, hash \w+\)"):
+        LabelSetWriter(out, {"type": "t"}, CLASSES, voc_palette(), _record({"i0": b}))
+    with pytest.raises(LabelSetError, match=r"id 'i1' image .*c\.bin \(20 bytes\) vs .*a\.bin \(10 bytes\)"):
+        LabelSetWriter(out, {"type": "t"}, CLASSES, voc_palette(), _record({"i1": a}))
+    moved = tmp_path / "moved.bin"
+    shutil.copy(a, moved)  # the same file elsewhere: the same image
+    LabelSetWriter(out, {"type": "t"}, CLASSES, voc_palette(), _record({"i0": moved})).close()
+
+
+def test_a_set_written_before_identities_were_recorded_still_resumes(tmp_path):
+    a = tmp_path / "a.bin"
+    a.write_bytes(b"x")
+    out = tmp_path / "ls"
+    LabelSetWriter(out, {"type": "t"}, CLASSES, voc_palette(), {"fingerprint": "f"}).finish()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "identity" not in manifest["dataset"]
+    LabelSetWriter(out, {"type": "t"}, CLASSES, voc_palette(), _record({"i0": a})).close()
+    # nothing recorded, nothing claimed: the old labels' images stay unknown
+    assert "identity" not in json.loads((out / "manifest.json").read_text())["dataset"]
+
+
+def test_folder_lock_excludes_other_processes_not_this_one(tmp_path):
+    import os
+
+    from plabel_kit.labelset import exclusive_folder
+
+    out = tmp_path / "ls"
+    first = LabelSetWriter(out, {"type": "t"}, CLASSES, voc_palette())
+    second = LabelSetWriter(out, {"type": "t"}, CLASSES, voc_palette())  # same process: counted
+    assert (out / ".lock").read_text().strip() == str(os.getpid())
+    holder = "from plabel_kit.labelset import exclusive_folder\nimport sys\nwith exclusive_folder(sys.argv[1]): pass"
+    other = subprocess.run([sys.executable, "-c", holder, str(out)], capture_output=True, text=True)
+    assert other.returncode == 1 and f"another process (pid {os.getpid()}) is writing this folder" in other.stderr
+    second.close()
+    assert (out / ".lock").exists()
+    first.finish()
+    assert not (out / ".lock").exists()
+    assert subprocess.run([sys.executable, "-c", holder, str(out)]).returncode == 0
+    with exclusive_folder(out):  # free again for this process too
+        assert (out / ".lock").exists()
+    assert not (out / ".lock").exists()

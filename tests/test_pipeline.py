@@ -261,6 +261,6 @@ def test_a_second_run_on_the_same_work_dir_stops(scenes, tmp_path):
         lock.write("4242")
         lock.flush()
         busy = run(pipeline, scenes, work)
-        assert busy.returncode == 1 and "another plabel run (pid 4242) is using this work dir" in busy.stderr
+        assert busy.returncode == 1 and "another process (pid 4242) is writing this pipeline work dir" in busy.stderr
         assert not (work / "bg").exists()
     assert run(pipeline, scenes, work, "--to", "bg").returncode == 0  # released with its holder

@@ -157,8 +157,9 @@ def test_hook_mmseg_custom_imports():
 
 def test_duplicate_names_fail_naming_both_packages():
     loaded = _plugins(first=FakePlugin(ones=Ones), second=FakePlugin(ones=Ones))
+    registry = loaded.registry  # a clash fails where the name is used, not every command
     with pytest.raises(RegistryError) as info:
-        loaded.registry
+        registry.build("label_source", {"type": "ones"})
     message = str(info.value)
     assert "'ones' is registered twice" in message
     assert "pkg-first 1.0" in message and "pkg-second 1.0" in message
@@ -168,8 +169,11 @@ def test_registering_a_non_component_fails():
     class NotAComponent:
         pass
 
-    with pytest.raises(RegistryError, match="not a dataclass subclass"):
-        _plugins(a=FakePlugin(bad=type("Bad", (LabelSource,), {}))).registry
+    loaded = _plugins(a=FakePlugin(bad=type("Bad", (LabelSource,), {})))
+    registry = loaded.registry  # the plugin is broken, not plabel
+    assert "not a dataclass subclass" in loaded.info["a"].problem
+    with pytest.raises(RegistryError, match="unknown label source 'bad'.*not a dataclass subclass"):
+        registry.build("label_source", {"type": "bad"})
 
 
 def test_misspelt_hook_is_caught_by_check_pending():
