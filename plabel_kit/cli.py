@@ -117,8 +117,11 @@ def synth():
 def synth_options(default_n):
     def decorate(f):
         f = click.option("--seed", default=0, show_default=True, help="Random seed.")(f)
-        f = click.option("--size", default=128, show_default=True, help="Image side in pixels.")(f)
-        f = click.option("--n", default=default_n, show_default=True, help="Number of images.")(f)
+        # the generators' own lower bounds, as argument errors instead of a traceback
+        f = click.option("--size", default=128, show_default=True, type=click.IntRange(min=48),
+                         help="Image side in pixels.")(f)
+        f = click.option("--n", default=default_n, show_default=True, type=click.IntRange(min=0),
+                         help="Number of images.")(f)
         return click.argument("out", type=click.Path(file_okay=False))(f)
 
     return decorate

@@ -340,3 +340,9 @@ def test_32_bit_images_are_refused_not_clipped(tmp_path):
         load_image(tmp_path / "i.tif", "a")
     with pytest.raises(DataError, match=r"f.tif: floating-point 32-bit images are not supported"):
         load_image(tmp_path / "f.tif")
+
+
+def test_synth_below_its_minimum_size_is_an_argument_error(tmp_path):
+    result = run_plabel("synth", "scenes", tmp_path / "s", "--size", "32")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--size" in result.stderr and not (tmp_path / "s").exists()
