@@ -298,3 +298,22 @@ def test_producer_records_the_plugin_package_and_a_plugin_upgrade_still_resumes(
     run_plabel("source", "ground_truth", "--data", tiny, "--out", tmp_path / "gt", env=BASELINE, check=True)
     plugin = json.loads((tmp_path / "gt" / "manifest.json").read_text())["producer"]["plugin"]
     assert plugin["name"] == "baseline" and plugin["package"] == "plabel-kit" and plugin["version"]
+
+
+def test_sequence_files_and_task_folders_have_one_writer(tmp_path):
+    """`plabel sequence build` / `tasks` hold the output's lock: a second writer stops at
+    once with the holder's pid and writes nothing."""
+    from plabel_kit.labelset import exclusive_file, exclusive_folder
+
+    run_plabel("synth", "evolving", tmp_path / "ev", "--n", "24", "--size", "64", check=True)
+    data, seq, tasks = tmp_path / "ev" / "index.csv", tmp_path / "seq.json", tmp_path / "tasks"
+    with exclusive_file(seq, "sequences file"):  # as a running `sequence build` holds it
+        busy = run_plabel("sequence", "build", "--data", data, "--out", seq)
+    assert busy.returncode == 1 and f"(pid {os.getpid()})" in busy.stderr and "Traceback" not in busy.stderr
+    assert not seq.exists()
+    run_plabel("sequence", "build", "--data", data, "--out", seq, check=True)
+    with exclusive_folder(tasks, "task folder"):
+        busy = run_plabel("sequence", "tasks", seq, "--data", data, "--out", tasks)
+        assert busy.returncode == 1 and f"(pid {os.getpid()})" in busy.stderr
+        assert [p.name for p in tasks.iterdir()] == [".lock"]
+    run_plabel("sequence", "tasks", seq, "--data", data, "--out", tasks, check=True)

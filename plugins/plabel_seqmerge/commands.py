@@ -65,8 +65,11 @@ def build(data, split, out, embedder, overrides, pca, window, ratio, running_mea
         raise click.BadParameter(str(exc)) from None
     dataset = _dataset(data, split)
     component = get_registry().build("embedder", {"type": embedder, **parse_overrides(overrides)})
-    document = build_sequences(dataset, component, params, progress=not _quiet())
-    write_json_atomic(out, document)
+    from plabel_kit.labelset import exclusive_file
+
+    with exclusive_file(out, "sequences file"):  # one writer at a time: a second one stops at once
+        document = build_sequences(dataset, component, params, progress=not _quiet())
+        write_json_atomic(out, document)
     skipped = {k: v for k, v in document["not_sequenceable"].items() if v}
     for reason, ids in skipped.items():
         click.echo(f"warning: {len(ids)} image(s) have {reason} and stay unsequenced, e.g. {ids[0]}", err=True)
@@ -136,7 +139,10 @@ def tasks(seq_file, data, split, out, pick):
     document = read_sequences(seq_file)
     dataset = _dataset(data, split)
     check_against(document, dataset, seq_file)
-    path = write_tasks(document, dataset, out, pick)
+    from plabel_kit.labelset import exclusive_folder
+
+    with exclusive_folder(out, "task folder"):
+        path = write_tasks(document, dataset, out, pick)
     click.echo(f"{path}: {len(document['sequences'])} images to annotate")
 
 
@@ -152,7 +158,10 @@ def simulate_annotations(tasks_folder, data, split, out, fmt):
     """
     from .annotations import simulate_annotations as simulate
 
-    count = simulate(tasks_folder, _dataset(data, split), out, fmt)
+    from plabel_kit.labelset import exclusive_folder
+
+    with exclusive_folder(out, "annotation folder"):
+        count = simulate(tasks_folder, _dataset(data, split), out, fmt)
     click.echo(f"{out}: {count} {fmt} annotations")
 
 
@@ -178,7 +187,10 @@ def annotated(tasks_folder, annotations, data, split, out):
     if annotations != GROUND_TRUTH and not Path(annotations).is_dir():
         raise click.BadParameter(f"{annotations}: no such folder (or 'ground-truth' to simulate the annotator)",
                                  param_hint="--annotations")
-    index, missing = write_annotated_dataset(tasks_folder, annotations, _dataset(data, split), out)
+    from plabel_kit.labelset import exclusive_folder
+
+    with exclusive_folder(out, "annotated dataset folder"):
+        index, missing = write_annotated_dataset(tasks_folder, annotations, _dataset(data, split), out)
     if missing:
         click.echo(f"warning: {len(missing)} task image(s) have no annotation yet and are left out, "
                    f"e.g. {missing[0]}", err=True)
