@@ -69,6 +69,19 @@ def write_atomic(target, data: bytes, tmp_dir: Path | None = None, *, image_id: 
 _held: dict[str, list] = {}  # this process's locks: real path of the lock file -> [fd, holders]
 
 
+def _drop_inherited_locks():
+    """In a forked child (DataLoader workers, process pools): close the copies of the
+    parent's lock descriptors. A flock lives while any copy is open, so a worker that
+    outlives its killed parent would otherwise keep the folder locked."""
+    for fd, _ in _held.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class FolderLock:
     """An exclusive, non-blocking ``flock`` on a lock file (``<folder>/.lock`` for a folder).
 

@@ -207,3 +207,31 @@ def test_folder_lock_excludes_other_processes_not_this_one(tmp_path):
     with exclusive_folder(out):  # free again for this process too
         assert (out / ".lock").exists()
     assert not (out / ".lock").exists()
+
+
+def test_a_forked_child_does_not_keep_the_parents_lock(tmp_path):
+    """DataLoader workers and process pools are forked while a writer holds its folder: when
+    the parent dies first, the lock must die with it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from plabel_kit.labelset import FolderLock
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    script = textwrap.dedent(f"""
+        import os, time
+        from plabel_kit.labelset import FolderLock
+        FolderLock.for_folder({str(folder)!r}, "label set").acquire()
+        if os.fork() == 0:          # a worker that outlives its parent
+            os.close(1); os.close(2)
+            time.sleep(20)
+            os._exit(0)
+        print("locked", flush=True)
+        os._exit(0)                 # the parent dies without releasing
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "locked" in proc.stdout, proc.stderr
+    lock = FolderLock.for_folder(folder, "label set").acquire()  # the orphaned worker holds nothing
+    lock.release()
