@@ -189,3 +189,52 @@ def test_pretrained_through_the_cli_reports_keys(tiny_scenes, tmp_path):
                         "--pretrained", tmp_path / "small.pth", "--out", tmp_path / "ls",
                         env={"PLABEL_QUIET": "0"}, check=True)
     assert "0 missing keys, 0 unexpected" in result.stderr
+
+
+def _train_once(dataset, workdir, monkeypatch, **params):
+    """One epoch of the tiny CAM in process: (weights before training, after) of the model."""
+    import plabel_cam.train as cam_train
+    from plabel_cam.source import Cam
+
+    before = {}
+    real_train = cam_train.train
+
+    def spy(model, *args, **kwargs):
+        before.update({k: v.clone() for k, v in model.state_dict().items()})
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(cam_train, "train", spy)
+    cam = Cam(backbone="resnet18_small", crop_size=64, resize_long=(48, 80), train_batch_size=8, epochs=1,
+              scales=(1.0,), flip=False, device="cpu", **params)
+    cam._train(dataset, workdir, torch.device("cpu"))
+    after = torch.load(workdir / "cam_final.pth", weights_only=False)["model"]
+    return before, after
+
+
+def _changed(before, after, prefix):
+    """Names under ``prefix`` (parameters and batch-norm statistics) whose values changed."""
+    return [k for k in before if k.startswith(prefix) and not k.endswith("num_batches_tracked")
+            and not torch.equal(before[k], after[k])]
+
+
+def test_pretrained_training_freezes_through_layer2_as_irn(tiny_scenes, tmp_path, monkeypatch):
+    """IRN's resnet50_cam freezes conv1/bn1 and detaches layer2's output: with ImageNet weights
+    only layer3, layer4 and the classifier learn. From scratch every stage trains."""
+    from plabel_cam.model import CamNet
+
+    dataset = open_dataset(tiny_scenes)
+    torch.save(CamNet("resnet18_small", 5).backbone.state_dict(), tmp_path / "small.pth")
+    before, after = _train_once(dataset, tmp_path / "pre", monkeypatch, pretrained=str(tmp_path / "small.pth"))
+    for frozen in ("backbone.conv1.", "backbone.bn1.", "backbone.layer1.", "backbone.layer2."):
+        assert _changed(before, after, frozen) == [], frozen
+    assert any("running_mean" in k for k in before if k.startswith("backbone.layer2."))  # statistics compared too
+    for learning in ("backbone.layer3.", "backbone.layer4.", "classifier."):
+        assert _changed(before, after, learning), learning
+
+    before, after = _train_once(dataset, tmp_path / "scratch", monkeypatch)
+    for learning in ("backbone.conv1.", "backbone.layer1.", "backbone.layer2.", "backbone.layer3."):
+        assert _changed(before, after, learning), learning
+    with pytest.raises(ValueError, match="frozen_stages"):
+        from plabel_cam.source import Cam
+
+        Cam(frozen_stages=5)

@@ -83,7 +83,8 @@ def test_three_recipes_identical_to_direct_pydensecrf_on_voc(cli_run, voc_csv, t
             "deeplab": (tmp_path / "softmax", ["recipe=deeplab"])}
     for recipe, (source, settings) in runs.items():
         args = [a for s in settings for a in ("--set", s)]
-        result = cli_run("refine", "crf", "--data", voc_csv, "--in", source, "--out", tmp_path / recipe, *args, "--set", "backend=pydensecrf")
+        result = cli_run("refine", "crf", "--data", voc_csv, "--in", source, "--out", tmp_path / recipe, *args,
+                         "--set", "backend=pydensecrf", "--set", "scale=1")  # the published widths
         assert result.exit_code == 0, result.output
     dataset = open_dataset(voc_csv)
     assert len(dataset) == 7
@@ -129,10 +130,11 @@ def test_label_recipe_keeps_the_ignore_band_and_treats_it_as_unsure(tmp_path):
         q = direct_crf(sample.image, unary_from_labels(unsure_first, len(keys), gt_prob=0.7, zero_unsure=True),
                        len(keys), (3, 3), (50, 5, 10))
         decided = keys.astype(np.uint8)[q.argmax(0)]
-        np.testing.assert_array_equal(crf_label_map(sample.image, banded, sample.classes), decided)
-        refined = DenseCRF(backend="pydensecrf", workers=0).refine(sample, PseudoLabel(banded))
+        np.testing.assert_array_equal(crf_label_map(sample.image, banded, sample.classes, scale=1), decided)
+        refined = DenseCRF(backend="pydensecrf", workers=0, scale=1).refine(sample, PseudoLabel(banded))
         np.testing.assert_array_equal(refined.label, np.where(edges, 255, decided))
-        redecided = DenseCRF(backend="pydensecrf", workers=0, keep_ignore=False).refine(sample, PseudoLabel(banded))
+        redecided = DenseCRF(backend="pydensecrf", workers=0, keep_ignore=False, scale=1).refine(
+            sample, PseudoLabel(banded))
         np.testing.assert_array_equal(redecided.label, decided)
         assert edges.sum() > 1000 and (decided[edges] != sample.mask[edges]).any()
 
@@ -256,3 +258,71 @@ def test_refiner_checks_sizes_once_with_the_image_id(tmp_path):
     scores = PseudoLabel(np.zeros((8, 8), np.uint8), np.ones((1, 2, 2), np.float32), [1], stride=2)
     with pytest.raises(DataError, match="does not cover the 8x8 image"):
         DenseCRF(backend="pydensecrf", workers=0, recipe="softmax").refine(sample, scores)
+
+
+# ---- kernels that scale with the image ---------------------------------------------------
+
+def test_scale_auto_equals_scale_1_on_a_500_pixel_image_and_halves_at_250(tmp_path):
+    from plabel_crf.recipes import RECIPES, crf_label_map, kernel_scale
+    from plabel_crf.refiner import DenseCRF
+
+    dataset = open_dataset(_voc_subset(tmp_path, 3))
+    sample = next(s for s in dataset if max(s.image.shape[:2]) == 500)
+    auto, one = DenseCRF(backend="pydensecrf", workers=0), DenseCRF(backend="pydensecrf", workers=0, scale=1)
+    assert auto.config()["scale"] == "auto" and auto.kernels_for(sample.image.shape[:2]) == RECIPES["label"]
+    pseudo = PseudoLabel(cv2.erode(sample.mask, np.ones((9, 9), np.uint8)))
+    a, b = auto.refine(sample, pseudo), one.refine(sample, pseudo)
+    np.testing.assert_array_equal(a.label, b.label)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert (a.label != pseudo.label).any()  # the CRF did something
+    half = auto.kernels_for((188, 250))
+    assert (half.gaussian_sxy, half.bilateral_sxy) == (1.5, 25.0)  # spatial widths only
+    assert (half.bilateral_srgb, half.gaussian_compat, half.bilateral_compat) == (5, 3, 10)
+    assert DenseCRF(scale=2.0).kernels_for((188, 250)).bilateral_sxy == 100.0
+    assert kernel_scale("auto", (144, 256)) == 256 / 500
+    # the pure function scales too, and differs from the published widths on a small image
+    small = cv2.resize(sample.image, (250, 188), interpolation=cv2.INTER_AREA)
+    labels = cv2.resize(pseudo.label, (250, 188), interpolation=cv2.INTER_NEAREST)
+    assert not np.array_equal(crf_label_map(small, labels, sample.classes),
+                              crf_label_map(small, labels, sample.classes, scale=1))
+    np.testing.assert_array_equal(crf_label_map(small, labels, sample.classes),
+                                  crf_label_map(small, labels, sample.classes, scale=0.5))
+    with pytest.raises(ValueError, match="scale must be 'auto' or a positive number"):
+        DenseCRF(scale="big")
+    with pytest.raises(ValueError, match="scale must be 'auto' or a positive number"):
+        DenseCRF(scale=0.0)
+
+
+def test_torch_backend_gets_the_same_scaled_widths(monkeypatch):
+    """Images of two sizes in one batch: one torch call per size, each with its image's widths."""
+    import plabel_crf.torch_crf as torch_crf
+    from plabel_crf.refiner import DenseCRF
+
+    calls = []
+
+    def record(images, unaries, kernels, iterations):
+        calls.append(([im.shape[:2] for im in images], kernels))
+        return [np.ones((len(u), *im.shape[:2]), np.float32) / len(u) for im, u in zip(images, unaries)]
+
+    monkeypatch.setattr(torch_crf, "dense_crf_batch", record)
+    refiner = DenseCRF(backend="torch")
+    samples, pseudos = [], []
+    for k, side in enumerate((100, 250, 100)):
+        mask = np.zeros((side // 2, side), np.uint8)
+        mask[5:20, 5:30] = 1
+        samples.append(Sample(f"s{k}", (1,), f"s{k}.png", _image=np.zeros((side // 2, side, 3), np.uint8)))
+        pseudos.append(PseudoLabel(mask))
+    out = refiner.refine_batch(samples, pseudos)
+    assert len(out) == 3 and len(calls) == 2
+    for shapes, kernels in calls:
+        assert len(set(shapes)) == 1
+        assert kernels == refiner.kernels_for(shapes[0]) == pydensecrf_kernels(samples, pseudos, shapes[0])
+    assert sorted(len(shapes) for shapes, _ in calls) == [1, 2]
+
+
+def pydensecrf_kernels(samples, pseudos, size):
+    """The kernels the pydensecrf backend's job for an image of ``size`` carries."""
+    from plabel_crf.refiner import DenseCRF
+
+    refiner = DenseCRF(backend="pydensecrf", workers=0)
+    return next(refiner.job(s, p).kernels for s, p in zip(samples, pseudos) if s.image.shape[:2] == size)

@@ -258,6 +258,143 @@ def test_contrast_selection_rules():
     assert means[1].tolist() == [0.0, 4.0] and means[0].tolist() == [3.0, 7.0] and means[3].tolist() == [0, 0]
 
 
+def test_labelled_role_takes_anchors_from_the_c2s_mask_for_every_class():
+    """On the strong ("labelled") views the class->segmentation mask decides, not the teacher's
+    entropy: every class of the mask holds prototypes, and anchors where the teacher gives it
+    > 0.3, however uncertain the pixel; negatives: labelled pixels of another class where the
+    class ranks in the teacher's top low_rank."""
+    from plabel_csrm.targets import labelled_contrast_selection
+
+    # 4 pixels, K = 4; the teacher is sure of background only
+    probs = torch.tensor([
+        [0.97, 0.01, 0.01, 0.01],  # background, confident
+        [0.30, 0.40, 0.20, 0.10],  # class 1 in the mask, uncertain teacher
+        [0.25, 0.15, 0.35, 0.25],  # class 2 in the mask, uncertain teacher
+        [0.40, 0.35, 0.15, 0.10],  # the band (255)
+    ]).T.reshape(1, 4, 2, 2)
+    pseudo = torch.tensor([[[0, 1], [2, 255]]])
+    prototype, anchors, negatives = labelled_contrast_selection(probs, pseudo, class_threshold=0.3, low_rank=2)
+    assert prototype[0, :, 0, 0].tolist() == [True, False, False, False]
+    assert prototype[0, :, 0, 1].tolist() == [False, True, False, False]
+    assert prototype[0, :, 1, 0].tolist() == [False, False, True, False]
+    assert not prototype[0, :, 1, 1].any() and not negatives[0, :, 1, 1].any()  # the band serves nothing
+    assert anchors.flatten(2).any(2)[0].tolist() == [True, True, True, False]  # background and both classes
+    # negatives: top-2 classes that are not the pixel's label
+    assert negatives[0, :, 0, 0].tolist() == [False, True, False, False]  # class 1 ranks 2nd (tie broken by order)
+    assert negatives[0, :, 0, 1].tolist() == [True, False, False, False]
+    assert negatives[0, :, 1, 0].tolist() == [True, False, False, False] or \
+        negatives[0, :, 1, 0].tolist() == [False, False, False, True]  # background and class 3 tie at 0.25
+    low_anchor = labelled_contrast_selection(probs, pseudo, class_threshold=0.5)[1]
+    assert low_anchor.flatten(2).any(2)[0].tolist() == [True, False, False, False]
+
+
+def test_contrast_targets_split_the_roles_between_strong_and_weak_views():
+    """The first crops (strong views) select from their c2s masks; the rest (weak views) by
+    U2PL's entropy rule on the teacher (today's background-only low-entropy case: the weak
+    views alone would leave one class with anchors and a zero loss)."""
+    from types import SimpleNamespace
+
+    from plabel_csrm.targets import contrast_selection, labelled_contrast_selection, restrict_to_tags
+    from plabel_csrm.train import contrast_targets
+
+    params = SimpleNamespace(contrast_class_threshold=0.3, contrast_low_rank=3, contrast_high_rank=20)
+    torch.manual_seed(7)
+    size, k = 8, 4
+    logits = torch.randn(4, k, size, size)
+    logits[:, 0, :4] += 6  # confident background at the top of every crop, uncertain below
+    probs = torch.softmax(logits, dim=1)
+    pseudo = torch.zeros(4, size, size, dtype=torch.long)
+    pseudo[:, 4:, :4], pseudo[:, 4:, 4:] = 1, 2
+    pseudo[:, 3] = 255
+    tags = torch.tensor([[1.0, 1.0, 0.0]] * 4)
+    valid = torch.ones(4, size, size, dtype=torch.bool)
+    prototype, anchors, negatives = contrast_targets(probs, pseudo, tags, valid, 2, 20.0, params)
+    strong = labelled_contrast_selection(probs[:2], pseudo[:2], 0.3, 3)
+    weak = contrast_selection(probs[2:], restrict_to_tags(probs[2:], tags[2:]).argmax(1), tags[2:], valid[2:], 20.0)
+    for got, l_part, u_part in zip((prototype, anchors, negatives), strong, weak):
+        assert torch.equal(got[:2], l_part) and torch.equal(got[2:], u_part)
+    # the strong views: every class of the mask; the weak views' low-entropy share: background only
+    assert prototype[:2].flatten(2).any(2).any(0).tolist() == [True, True, True, False]
+    assert prototype[2:].flatten(2).any(2).any(0).tolist() == [True, False, False, False]
+    assert prototype[2:, :, 4:].sum() == 0  # no weak-view prototype in the uncertain half
+
+
+def test_step_feeds_each_loss_its_role(tmp_path, monkeypatch):
+    """One training step after warm-up: class->segmentation reads the strong views and their
+    c2s masks, the entropy-drop loss the weak views, the contrast both with the split at B."""
+    import plabel_csrm.train as train
+    from plabel_kit import get_registry
+    from plabel_kit.synth import make_scenes
+
+    dataset = open_dataset(make_scenes(tmp_path / "s", n=4, size=48, seed=2, progress=False))
+    params = load_config(CSRM_CONFIG)
+    params.update(crop_size=32, resize_long=(24, 40), train_batch_size=4, warmup_epochs=0, epochs=1, crf=False,
+                  c2s_crf=False, classmix_prob=0.0, num_queries=4, memory_size=50, memory_size_background=50)
+    source = get_registry().build("label_source", {"type": "csrm", **params})
+    from plabel_csrm.model import CsrmNet
+
+    model = CsrmNet(source.backbone, dataset.num_classes - 1, source.output_stride, source.decoder_channels,
+                    source.skip_channels, tuple(source.aspp_dilations), source.representation_dim, source.dropout)
+    trainer = train.Trainer(model, source, dataset, tmp_path / "w", torch.device("cpu"), True, log=lambda *_: None)
+    seen = {}
+
+    def record(name, function):
+        def wrapped(*args, **kwargs):
+            seen[name] = (args, function(*args, **kwargs))
+            return seen[name][1]
+        monkeypatch.setattr(train, name, wrapped)
+
+    for name in ("class_to_segmentation_loss", "entropy_drop_loss", "contrast_targets", "c2s_masks"):
+        record(name, getattr(train, name))
+    batch = next(iter(torch.utils.data.DataLoader(trainer.crops, batch_size=4)))
+    strong, strong_valid, weak, weak_valid, tags = batch
+    stats = trainer.step(model.train(), batch, 0, 0, None)
+    (images, _, c2s_tags, c2s_valid, _, _), pseudo = seen["c2s_masks"]
+    assert torch.equal(images, torch.cat([strong, weak])) and torch.equal(c2s_tags, torch.cat([tags, tags]))
+    assert torch.equal(c2s_valid, torch.cat([strong_valid, weak_valid]))
+    (seg, masks, _), _ = seen["class_to_segmentation_loss"]
+    assert seg.shape[0] == 4 and torch.equal(masks, pseudo[:4])  # strong views and their c2s masks only
+    (seg_u, probs_u, _, valid_u), _ = seen["entropy_drop_loss"]
+    assert seg_u.shape[0] == 4 and probs_u.shape[0] == 4 and torch.equal(valid_u, weak_valid)  # weak views only
+    (probs, small, _, _, labelled, _, _), _ = seen["contrast_targets"]
+    assert labelled == 4 and probs.shape[0] == 8
+    assert torch.equal(small, train.shrink(pseudo, probs.shape[2:]))
+    assert set(stats) >= {"contrast", "anchor_classes", "u", "c2s"}
+
+
+def test_strong_and_weak_views():
+    """The weak view is the image at its own size, cropped only; the strong view is resized,
+    flipped, cropped, colour-jittered and blurred as CSRM's labelled batch; both reproducible
+    from (seed, epoch, index)."""
+    from plabel_cam.infer import normalise
+    from plabel_csrm.train import augment, photometric_jitter, shift_hue, weak_view
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    weak, valid = weak_view(image, np.random.default_rng(1), 16)
+    assert valid.all()
+    whole = normalise(image)
+    found = [(t, l) for t in range(5) for l in range(15) if torch.equal(whole[:, t:t + 16, l:l + 16], weak)]
+    assert len(found) == 1  # an unaltered crop of the image
+    padded, valid = weak_view(image, np.random.default_rng(1), 32)
+    assert int(valid.sum()) == 20 * 30 and torch.equal(padded[:, valid], whole.flatten(1))
+    a = augment(image, np.random.default_rng(3), (24, 40), 16)
+    b = augment(image, np.random.default_rng(3), (24, 40), 16)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    plain = augment(image, np.random.default_rng(3), (24, 40), 16, photometric=False)
+    assert torch.equal(plain[1], a[1]) and not torch.equal(plain[0], a[0])  # same geometry, other colours
+    flat = np.full((8, 8, 3), (200, 40, 40), np.uint8)
+    jittered = [photometric_jitter(flat, np.random.default_rng(s)) for s in range(400)]
+    assert all(j.shape == flat.shape and j.dtype == np.uint8 for j in jittered)
+    changed = sum(not np.array_equal(j, flat) for j in jittered) / 400
+    assert 0.7 < changed < 0.85  # colour jitter with probability 0.8 (blurring a flat image changes nothing)
+    from PIL import Image
+
+    red = Image.fromarray(flat)
+    assert np.array_equal(np.asarray(shift_hue(red, 0.0)), np.asarray(red.convert("HSV").convert("RGB")))
+    assert np.asarray(shift_hue(red, 1 / 3))[0, 0].argmax() == 1  # red turns green
+
+
 def test_memory_bank_is_fifo_with_capacity():
     from plabel_csrm.memory import MemoryBank
 
@@ -360,7 +497,11 @@ def test_training_log_manifest_and_scores(compared):
     warmup = load_config(CSRM_CONFIG)["warmup_epochs"]
     assert all(h["s2c"] == h["u"] == h["contrast"] == 0 for h in history[:warmup])  # warm-up: c and c2s only
     assert all(h["s2c"] > 0 and h["u"] > 0 for h in history[warmup:])
-    assert history[warmup]["contrast"] > 0
+    # the strong views' c2s masks keep foreground classes holding anchors after the low-entropy
+    # share (the weak views') has shrunk to background: the contrast stays on every epoch
+    assert all(h["contrast"] > 0 and h["anchor_classes"] >= 2 for h in history[warmup:]), history
+    assert summary["contrast_per_epoch"] == [h["contrast"] for h in history]
+    assert "classes with contrast anchors per step" in compared["stderr"]
     sample = open_dataset(index)[3]
     pseudo = ls.read(sample.id)
     assert pseudo.keys.tolist() == list(sample.classes)
@@ -397,21 +538,51 @@ def tiny_scenes(tmp_path_factory):
     return make_scenes(tmp_path_factory.mktemp("tiny") / "s", n=16, size=64, seed=1, progress=False)
 
 
+def _assert_no_process_mentions(path, wait=10.0):
+    """No live process (Linux /proc) has ``path`` on its command line within ``wait`` seconds."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return
+    needle = str(path).encode()
+    deadline = time.monotonic() + wait
+    while True:
+        left = []
+        for entry in proc.iterdir():
+            try:
+                if entry.name.isdigit() and needle in (entry / "cmdline").read_bytes():
+                    left.append(entry.name)
+            except OSError:
+                pass
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not left, f"processes {left} outlived the killed training"
+
+
 def test_interrupted_training_resumes_to_identical_weights(tiny_scenes, tmp_path):
     args = ["source", "csrm", "--data", tiny_scenes, *TINY, "--set", "epochs=3"]
     run_plabel(*args, "--out", tmp_path / "whole", check=True)
 
     epoch = interrupt_training(args, tmp_path / "broken")
     assert not (tmp_path / "broken" / "work" / "csrm_final.pth").exists()
+    _assert_no_process_mentions(tmp_path / "broken")  # the CRF pool's forked workers went with it
     result = run_plabel(*args, "--out", tmp_path / "broken", env={"PLABEL_QUIET": "0"}, check=True)
     assert f"resuming CSRM training after epoch {epoch}" in result.stderr
     assert same_weights(tmp_path / "whole" / "work" / "csrm_final.pth", tmp_path / "broken" / "work" / "csrm_final.pth")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_ddp_training_two_processes(tiny_scenes, tmp_path):
     plabel = Path(sys.executable).parent / "plabel"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                             "--master-port", "29527", str(plabel), "source", "csrm", "--data", str(tiny_scenes),
+                             "--master-port", str(_free_port()), str(plabel), "source", "csrm", "--data", str(tiny_scenes),
                              *map(str, TINY), "--set", "epochs=2", "--out", str(tmp_path / "ddp")],
                             capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PLABEL_QUIET="0"))
     assert result.returncode == 0, result.stderr[-3000:]

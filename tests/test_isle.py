@@ -324,7 +324,7 @@ def test_isle_beats_every_input_on_held_out_scenes(cli_run, complementary, tmp_p
     runs = {"isle": ("isle", "--select-on", select),
             "isle overlap=confidence": ("isle", "--select-on", select, "--set", "overlap=confidence"),
             "isle overlap=ignore": ("isle", "--select-on", select, "--set", "overlap=ignore"),
-            "isle selection=dataset": ("isle", "--select-on", select, "--set", "selection=dataset"),
+            "isle selection=image": ("isle", "--select-on", select, "--set", "selection=image"),
             "isle tags=false": ("isle", "--select-on", select, "--set", "tags=false"),
             "vote": ("vote",), "maxconf threshold=0.5": ("maxconf", "--set", "threshold=0.5")}
     for k, (title, args) in enumerate(runs.items()):
@@ -367,7 +367,9 @@ def test_table_is_printed_after_fit_unless_quiet(cli_run, complementary, tmp_pat
             "--select-on", root / "select.csv"]
     shown = cli_run(*args, "--out", tmp_path / "shown")
     assert shown.exit_code == 0, shown.output
-    assert "per-image class IoU (%) on 30" in shown.output and "* = chosen" in shown.output
+    assert "dataset class IoU (%) on 30" in shown.output and "* = chosen" in shown.output  # the default
+    per_image = cli_run(*args, "--out", tmp_path / "per_image", "--set", "selection=image")
+    assert per_image.exit_code == 0 and "per-image class IoU (%) on 30" in per_image.output
     disc = next(line for line in shown.output.splitlines() if "disc" in line)
     assert re.search(r"\d+\.\d \*.*\d+\.\d.*ls_A", disc), disc
     assert "mean" in shown.output
@@ -432,3 +434,22 @@ def test_a_labelled_image_with_another_images_id_is_refused(cli_run, chair_table
     assert "a labelled subset must hold the labelled images' own ids" in result.output
     assert not (tmp_path / "out" / "manifest.json").exists()
 
+
+
+def test_the_isle_pipeline_refines_its_components_as_the_paper():
+    """Seed 001 refines its components with AffinityNet and the dense CRF and reports
+    dataset-level class IoU (Table 3): the walk and IRNet reach ISLE through a CRF stage,
+    and selection defaults to the dataset-level IoU."""
+    from plabel_isle.isle import Isle
+    from plabel_kit.pipeline import load_pipeline
+    from tests.conftest import REPO
+
+    assert Isle().selection == "dataset"
+    for name in ("voc_isle.py", "voc_isle_small.py"):
+        pipeline = load_pipeline(REPO / "configs" / "pipelines" / name)
+        inputs = pipeline.stage("isle").needs
+        assert "randomwalk" not in inputs and "irnet" not in inputs, (name, inputs)
+        for component in ("randomwalk", "irnet"):
+            refined = [n for n in inputs if pipeline.stage(n).needs == [component]]
+            assert len(refined) == 1, (name, component, inputs)
+            assert pipeline.stage(refined[0]).spec["type"] == "crf"

@@ -149,7 +149,7 @@ def test_shipped_pipelines_load_and_name_their_stages():
     assert seqmerge.stage("seqmerge").needs == ["cam", "manual", "sequences"]
     isle = load_pipeline(REPO / "configs" / "pipelines" / "voc_isle.py")
     assert {"cam", "crf", "randomwalk", "irnet", "csrm", "isle", "deeplabv3plus"} <= set(isle.names())
-    assert isle.stage("isle").needs == ["crf", "csrm", "irnet", "randomwalk"]
+    assert isle.stage("isle").needs == ["crf", "csrm", "irnet_crf", "randomwalk_crf"]
 
 
 # ---- the report in a real browser ------------------------------------------------------

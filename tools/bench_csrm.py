@@ -17,12 +17,25 @@ compare  Pseudo-label quality for the same backbone, images and epochs: from one
 
              python tools/bench_csrm.py compare --n 200 --size 128 --cam-epochs 20 --csrm-epochs 5
 
+         ``--data INDEX --limit N`` runs it on N evenly spaced images of a CSV index instead
+         (read in place; a subset index with absolute paths is written to the work folder),
+         with ``--cam-set`` / ``--set`` adapting crop and scales to its images, e.g. the real
+         frames of camvid_small:
+
+             python tools/bench_csrm.py compare --data ../shared/data/camvid_small/index.csv \
+                 --limit 120 --cam-epochs 16 --csrm-epochs 5 --cam-set crop_size=160 \
+                 --cam-set "resize_long=(160,320)" --set crop_size=160 --set "resize_long=(160,320)"
+
+         Also prints CSRM's per-epoch losses (the pixel contrast among them) and how many
+         classes held contrast anchors per step.
+
 Prints markdown tables for BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -135,15 +148,42 @@ def scores(index: Path, out: Path) -> tuple[float, float, float]:
     return result["miou"], result["sweep"]["best_miou"], result["sweep"]["best_threshold"]
 
 
-def run_compare(args):
-    import shutil
+def subset_index(source: Path, limit: int, out: Path) -> Path:
+    """A CSV index of ``limit`` evenly spaced rows of ``source`` (paths made absolute, so the
+    images are read where they are), with its classes.json; returns its path."""
+    import csv
 
+    with source.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames, list(reader)
+    if limit and limit < len(rows):
+        rows = [rows[round(i * len(rows) / limit)] for i in range(limit)]
+    for row in rows:
+        for key in ("image", "mask"):
+            if row.get(key):
+                row[key] = str((source.parent / row[key]).resolve())
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source.parent / "classes.json", out / "classes.json")
+    with (out / "index.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out / "index.csv"
+
+
+def run_compare(args):
     from plabel_kit.registry import load_config
     from plabel_kit.synth import make_scenes
 
     root = Path(args.work or tempfile.mkdtemp(prefix="bench_csrm_"))
-    index = make_scenes(root / "scenes", n=args.n, size=args.size, seed=args.seed, progress=False)
+    if args.data:
+        index = subset_index(Path(args.data).resolve(), args.limit, root / "data")
+        what = f"{args.data}, {args.limit or 'all'} images"
+    else:
+        index = make_scenes(root / "scenes", n=args.n, size=args.size, seed=args.seed, progress=False)
+        what = f"{args.n} scenes of {args.size} px (seed {args.seed})"
     cam_params, csrm_params = load_config(CAM_CONFIG), load_config(CSRM_CONFIG)
+    cam_params.update(parse_sets(args.cam_set))
     csrm_params.update(parse_sets(args.set))
     start, more = args.cam_epochs, args.cam_epochs + args.csrm_epochs
     rows = [(f"CAM {start} epochs (the start)", label("cam", {**cam_params, "epochs": start}, index, root / "cam"),
@@ -162,13 +202,28 @@ def run_compare(args):
                     root / "csrm_seg")
     rows.append((f"CAM {start} + CSRM {args.csrm_epochs} epochs, output=seg (labelling only)", seconds,
                  root / "csrm_seg"))
-    print(f"\n{args.n} scenes of {args.size} px (seed {args.seed}), no CRF; seconds = training after the "
-          f"start + labelling; work in {root}\n")
+    print(f"\n{what}, no CRF; seconds = training after the start + labelling; work in {root}\n")
     print("| labels | seconds | mIoU (own threshold) | best sweep mIoU (threshold) |")
     print("|---|---|---|---|")
     for name, secs, out in rows:
         miou, best, threshold = scores(index, out)
         print(f"| {name} | {secs:.0f} | {100 * miou:.1f} | {100 * best:.1f} ({threshold:.2f}) |")
+    print_history(root / "csrm" / "work" / "csrm_final.pth")
+
+
+def print_history(checkpoint: Path) -> None:
+    """CSRM's per-epoch losses from its final checkpoint, as a markdown table."""
+    import torch
+
+    history = torch.load(checkpoint, map_location="cpu", weights_only=False)["history"]
+    names = ["loss", "c", "c2s", "s2c", "u", "contrast", "anchor_classes", "seconds"]
+    names = [n for n in names if n in history[0]]
+    print("\nCSRM per epoch (anchor_classes: classes holding contrast anchors per step, mean)\n")
+    print("| epoch | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for record in history:
+        print(f"| {record['epoch']} | " + " | ".join(f"{record[n]:.4f}" if n != "seconds" else f"{record[n]:.0f}"
+                                                    for n in names) + " |")
 
 
 def main():
@@ -191,7 +246,10 @@ def main():
     compare.add_argument("--cam-epochs", type=int, default=20, help="E1: CAM epochs before CSRM")
     compare.add_argument("--csrm-epochs", type=int, default=5, help="E2: CSRM epochs, or more CAM epochs")
     compare.add_argument("--work", help="folder for scenes and label sets (default: a new temp folder)")
+    compare.add_argument("--data", help="a CSV index to use instead of synthetic scenes (read in place)")
+    compare.add_argument("--limit", type=int, default=0, help="with --data: this many evenly spaced images")
     compare.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="csrm parameter")
+    compare.add_argument("--cam-set", action="append", default=[], metavar="KEY=VALUE", help="cam parameter")
     args = parser.parse_args()
     run_time(args) if args.command == "time" else run_compare(args)
 

@@ -1,6 +1,7 @@
 # Seed 000 (Mousavi et al.): sequence the images of evolving subjects (SChISM), annotate one
-# image per sequence, CAM pseudo labels, merge the sequence's mask with them, then U-Nets with
-# VGG-16 and ResNet-50 encoders trained on each row of the paper's Table 1.
+# image per sequence, CAM pseudo labels, merge the sequence's mask with them (and, as a row of
+# its own, the merged labels refined by the dense CRF), then U-Nets with VGG-16 and ResNet-50
+# encoders trained on each row of the paper's Table 1.
 #
 #   plabel run configs/pipelines/evolving_seqmerge.py --data D --work W --to tasks
 #   (annotate W/tasks/images/*: <id>.png class ids or LabelMe <id>.json, into one folder)
@@ -57,16 +58,19 @@ stages = [
     dict(name='cam', step='source', type='cam', config='{cam_config}'),
     dict(name='seqmerge', step='source', type='seqmerge', sequences='@sequences/seq.json',
          annotations='@manual/masks', cam='@cam'),
+    # the carried masks refined by the dense CRF (label recipe, kernels scaled to the image):
+    # a row of its own in the table and the report, next to the merge it refines
+    dict(name='seqmerge_crf', step='refine', input='@seqmerge', type='crf', recipe='label'),
 ] + [
     _segmenter(key, config, row, data, labels, manual)
     for key, _, config in _models for row, data, labels, manual in _rows
 ] + [
     dict(name='table', step='evaluate', title="seed 000's Table 1 on this data",
-         labels={'CAM': '@cam', 'sequence merge': '@seqmerge'},
+         labels={'CAM': '@cam', 'sequence merge': '@seqmerge', 'sequence merge + CRF': '@seqmerge_crf'},
          segmenters=[dict(model=model, labels=row, scores=f'@seg_{key}_{_stem[row]}/test.json')
                      for key, model, _ in _models for row, _, _, _ in _rows]),
     dict(name='report', step='report', n=12,
-         labels={'CAM': '@cam', 'sequence merge': '@seqmerge'}),
+         labels={'CAM': '@cam', 'sequence merge': '@seqmerge', 'sequence merge + CRF': '@seqmerge_crf'}),
     dict(name='test_report', step='report', n=12, data='{test_data}',
          labels={f'{model}, {row}': f'@seg_{key}_{_stem[row]}/predictions'
                  for key, model, _ in _models for row in ('supervised', 'ours + manual')}),

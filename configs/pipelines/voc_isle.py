@@ -1,6 +1,8 @@
 # Seed 001 (ISLE): four pseudo-label components from one CAM (dense CRF, AffinityNet random
-# walk, IRNet, CSRM), a class-wise ensemble learned on a small labelled subset, then
-# DeepLabV3+ trained on the ensemble's labels and scored on held-out ground truth.
+# walk, IRNet, CSRM), the walk and IRNet refined by the dense CRF as the paper refines its
+# components (CSRM's labels already are), a class-wise ensemble learned on a small labelled
+# subset (dataset-level class IoU, the paper's Table 3), then DeepLabV3+ trained on the
+# ensemble's labels and scored on held-out ground truth.
 #
 #   plabel run configs/pipelines/voc_isle.py --data VOCdevkit/VOC2012 --work W \
 #       --set labelled=LABELLED.csv --set val_data=VAL.csv --set cam.pretrained=resnet50_v1c.pth
@@ -16,21 +18,28 @@ cam_config = '{config_dir}/../sources/cam_resnet50_voc.py'
 irnet_config = None  # IRN's defaults are the component's own
 csrm_config = None  # CSRM's VOC defaults are the component's own
 segmenter_config = '{config_dir}/../segmenters/deeplabv3plus_r50-d8_4xb4-20k_voc12aug-512x512.py'
-affinity_epochs = 8  # AffinityNet (PSA's training)
+affinity_epochs = 8  # AffinityNet (PSA's training, on PSA's two-alpha CRF labels)
 affinity_crop = 448
+# the dense CRF after the walk and IRNet: PSA's softmax recipe on their walked scores (the walk's own
+# background plane; IRNet's foreground against a constant background, IRN's sem_seg_bg_thres)
+irnet_crf_threshold = 0.25
 seg_iters = 20000
 seg_resume = True
 seg_log_level = 'INFO'
 
 stages = [
-    # IR labels (fg 0.30 / bg 0.05 with the 255 band) for IRNet and AffinityNet, CAM scores for all
+    # IR labels (fg 0.30 / bg 0.05 with the 255 band) for IRNet, CAM scores for all (AffinityNet's PSA labels)
     dict(name='cam', step='source', type='cam', config='{cam_config}', mode='ir_labels'),
     dict(name='crf', step='refine', input='@cam', type='crf', from_scores=True),
     dict(name='randomwalk', step='refine', input='@cam', type='randomwalk', affinity='affinitynet', recipe='psa',
          affinity_epochs='{affinity_epochs}', affinity_crop='{affinity_crop}'),
     dict(name='irnet', step='source', type='irnet', config='{irnet_config}', cam='@cam'),
     dict(name='csrm', step='source', type='csrm', config='{csrm_config}', cam_checkpoint='@cam/work/cam_final.pth'),
-    dict(name='isle', step='combine', type='isle', inputs=['@crf', '@randomwalk', '@irnet', '@csrm'],
+    # seed 001: "we use dCRF to the AffinityNet predictions"; IRNet's walk gets the same
+    dict(name='randomwalk_crf', step='refine', input='@randomwalk', type='crf', recipe='softmax'),
+    dict(name='irnet_crf', step='refine', input='@irnet', type='crf', recipe='softmax',
+         threshold='{irnet_crf_threshold}'),
+    dict(name='isle', step='combine', type='isle', inputs=['@crf', '@randomwalk_crf', '@irnet_crf', '@csrm'],
          select_on='{labelled}'),
     dict(name='deeplabv3plus', step='command', run=[
         ['segment', 'train', '--config', '{segmenter_config}', '--data', '{data}', '--labels', '@isle',
@@ -41,10 +50,12 @@ stages = [
         ['segment', 'predict', '--config', '{segmenter_config}', '--checkpoint', '{out}/iter_{seg_iters}.pth',
          '--data', '{val_data}', '--out', '{out}/predictions']]),
     dict(name='table', step='evaluate', title='ISLE (seed 001) on this data',
-         labels={'CAM': '@cam', 'CAM + CRF': '@crf', 'AffinityNet walk': '@randomwalk', 'IRNet': '@irnet',
+         labels={'CAM': '@cam', 'CAM + CRF': '@crf', 'AffinityNet walk': '@randomwalk',
+                 'AffinityNet walk + CRF': '@randomwalk_crf', 'IRNet': '@irnet', 'IRNet + CRF': '@irnet_crf',
                  'CSRM': '@csrm', 'ISLE': '@isle'},
          segmenters=[dict(model='DeepLabV3+ R50', labels='ISLE', scores='@deeplabv3plus/test.json')]),
     dict(name='report', step='report', n=12,
-         labels={'CAM': '@cam', 'CAM + CRF': '@crf', 'AffinityNet walk': '@randomwalk', 'IRNet': '@irnet',
+         labels={'CAM': '@cam', 'CAM + CRF': '@crf', 'AffinityNet walk': '@randomwalk',
+                 'AffinityNet walk + CRF': '@randomwalk_crf', 'IRNet': '@irnet', 'IRNet + CRF': '@irnet_crf',
                  'CSRM': '@csrm', 'ISLE': '@isle'}),
 ]

@@ -28,26 +28,45 @@ def check_architecture(backbone: str, output_stride: int) -> None:
         raise ValueError(f"output_stride must be one of {sorted(OUTPUT_STRIDES)}")
 
 
-def build_backbone(name: str, output_stride: int, frozen_stem: bool, norm_eval: bool) -> tuple[nn.Module, int]:
+def check_frozen_stages(frozen_stages: int) -> None:
+    """ValueError unless ``frozen_stages`` is -1 (nothing), 0 (the stem) or 1..4 (the stem
+    and the first that many stages)."""
+    if not -1 <= frozen_stages <= 4:
+        raise ValueError(f"frozen_stages must be -1 (none), 0 (stem) or 1..4, got {frozen_stages}")
+
+
+def build_backbone(name: str, output_stride: int, frozen_stem: bool = False, norm_eval: bool = False,
+                   frozen_stages: int | None = None) -> tuple[nn.Module, int]:
+    """An mmseg ResNet preset of BACKBONES returning its last stage. ``frozen_stages`` (mmseg's
+    meaning: -1 none, 0 the stem, k the stem and stages 1..k; None: 0 if ``frozen_stem`` else
+    -1) are kept in eval mode with ``requires_grad`` False, so neither their weights nor their
+    batch-norm statistics change and no gradient reaches them."""
     import mmseg.models  # noqa: F401  (fills mmseg's MODELS registry)
     from mmseg.registry import MODELS
 
     check_architecture(name, output_stride)
+    if frozen_stages is None:
+        frozen_stages = 0 if frozen_stem else -1
+    check_frozen_stages(frozen_stages)
     config, channels = BACKBONES[name]
     strides, dilations = OUTPUT_STRIDES[output_stride]
     config = dict(config, num_stages=4, out_indices=(3,), strides=strides, dilations=dilations,
                   norm_cfg=dict(type="BN", requires_grad=True), norm_eval=norm_eval,
-                  frozen_stages=0 if frozen_stem else -1, style="pytorch")
+                  frozen_stages=frozen_stages, style="pytorch")
     return MODELS.build(config), channels
 
 
 class CamNet(nn.Module):
-    """features [B, C, h, w] -> GAP -> 1x1 conv (no bias) -> logits [B, classes]."""
+    """features [B, C, h, w] -> GAP -> 1x1 conv (no bias) -> logits [B, classes].
+
+    ``frozen_stages`` as ``build_backbone``: IRN's ``resnet50_cam.Net`` freezes conv1/bn1 and
+    detaches the output of ``layer2``, so with ImageNet weights only ``layer3``, ``layer4``
+    and the classifier learn (``frozen_stages=2``)."""
 
     def __init__(self, backbone: str, num_classes: int, output_stride: int = 16,
-                 frozen_stem: bool = False, norm_eval: bool = False):
+                 frozen_stem: bool = False, norm_eval: bool = False, frozen_stages: int | None = None):
         super().__init__()
-        self.backbone, channels = build_backbone(backbone, output_stride, frozen_stem, norm_eval)
+        self.backbone, channels = build_backbone(backbone, output_stride, frozen_stem, norm_eval, frozen_stages)
         self.classifier = nn.Conv2d(channels, num_classes, 1, bias=False)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

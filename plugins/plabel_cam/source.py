@@ -58,7 +58,12 @@ class Cam(LabelSource):
     background plane (``threshold``, IRN's CAM eval uses 0.15); ``mode=ir_labels`` makes IRN's
     training labels: fg at ``fg_threshold`` 0.30 and bg at ``bg_threshold`` 0.05, each refined
     by the dense CRF ``label`` recipe, 255 where they disagree. Follows IRNet (Ahn et al.,
-    CVPR 2019) with its defaults; ``backbone=resnet18_small`` is the CPU-sized variant."""
+    CVPR 2019) with its defaults; ``backbone=resnet18_small`` is the CPU-sized variant.
+
+    ``frozen_stages``: backbone stages kept fixed in training (weights, batch-norm statistics,
+    no gradient): -1 none, 0 the stem, k the stem and stages 1..k. None (the default) = 2 with
+    ``pretrained`` weights, as IRN's ``resnet50_cam`` (conv1/bn1 frozen, ``layer2``'s output
+    detached: only ``layer3``, ``layer4`` and the classifier learn), and -1 from scratch."""
 
     inputs: ClassVar[tuple[str, ...]] = ("checkpoint", "pretrained")
     batch_size: ClassVar[int] = 8
@@ -68,6 +73,7 @@ class Cam(LabelSource):
     output_stride: int = 16
     pretrained: str | None = None
     checkpoint: str | None = None
+    frozen_stages: int | None = None
     epochs: int = 5
     train_batch_size: int = 16
     crop_size: int = 512
@@ -88,9 +94,11 @@ class Cam(LabelSource):
     device: str = "auto"
 
     def __post_init__(self):
-        from .model import check_architecture
+        from .model import check_architecture, check_frozen_stages
 
         check_architecture(self.backbone, self.output_stride)
+        if self.frozen_stages is not None:
+            check_frozen_stages(self.frozen_stages)
         if self.mode not in ("threshold", "ir_labels"):
             raise ValueError("mode must be 'threshold' or 'ir_labels'")
         if not self.scales:
@@ -121,8 +129,8 @@ class Cam(LabelSource):
 
         torch.manual_seed(self.seed)
         pretrained = bool(self.pretrained)
-        model = CamNet(self.backbone, dataset.num_classes - 1, self.output_stride,
-                       frozen_stem=pretrained, norm_eval=pretrained)
+        model = CamNet(self.backbone, dataset.num_classes - 1, self.output_stride, norm_eval=pretrained,
+                       frozen_stages=self.training_frozen_stages())
         if pretrained:
             missing, unexpected = load_pretrained(model.backbone, self.pretrained)
             _log(f"pretrained {self.pretrained}: {len(missing)} missing keys"
@@ -138,6 +146,12 @@ class Cam(LabelSource):
             tmp = workdir / f".{FINAL}.{os.getpid()}"
             torch.save({"model": model.state_dict(), "architecture": architecture}, tmp)
             os.replace(tmp, workdir / FINAL)
+
+    def training_frozen_stages(self) -> int:
+        """``frozen_stages``, or its default: 2 (IRN's) with pretrained weights, else -1."""
+        if self.frozen_stages is not None:
+            return self.frozen_stages
+        return 2 if self.pretrained else -1
 
     # ---- inference -----------------------------------------------------------------
 

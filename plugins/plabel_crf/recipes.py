@@ -10,6 +10,13 @@ marginals float32 [n, H, W]; unaries float32 [n, H * W] (negative log probabilit
 Typical use, IRN's ``crf_inference_label`` on a class-id label map::
 
     refined = crf_label_map(image, labels, keys)   # label recipe, 10 iterations
+
+The recipes' spatial widths (``sxy``, pixels) were tuned on PASCAL VOC images, whose
+longer side is 500 px. ``scale`` multiplies both kernels' widths: ``"auto"`` (the default
+of every function here that takes it) = the image's longer side / 500, so that a kernel
+covers the same share of any image (1 on VOC-size images: the published values); a number
+sets the factor; 1 gives the published absolute widths at any size. Colour widths (srgb)
+and weights (compat) do not depend on the image size and are never scaled.
 """
 from __future__ import annotations
 
@@ -43,6 +50,27 @@ RECIPES = {
 }
 ITERATIONS = 10
 GT_PROB = 0.7
+#: longer side (px) of the images the recipes were tuned on: PASCAL VOC 2012 (at most 500x500)
+REFERENCE_SIDE = 500
+
+
+def kernel_scale(scale, size: tuple[int, int]) -> float:
+    """The factor for the spatial widths of an image of ``size`` (H, W): ``"auto"`` = its
+    longer side / ``REFERENCE_SIDE``; a positive number is returned as it is."""
+    if isinstance(scale, str):
+        if scale != "auto":
+            raise ValueError(f"scale must be 'auto' or a positive number, got {scale!r}")
+        return max(size[0], size[1]) / REFERENCE_SIDE
+    if not scale > 0:
+        raise ValueError(f"scale must be 'auto' or a positive number, got {scale!r}")
+    return float(scale)
+
+
+def scaled(kernels: Kernels, factor: float) -> Kernels:
+    """``kernels`` with both spatial widths (gaussian_sxy, bilateral_sxy) times ``factor``."""
+    if factor == 1:
+        return kernels
+    return kernels._replace(gaussian_sxy=kernels.gaussian_sxy * factor, bilateral_sxy=kernels.bilateral_sxy * factor)
 
 
 def check_image(image: np.ndarray) -> tuple[int, int]:
@@ -135,13 +163,15 @@ def dense_crf(image: np.ndarray, unary: np.ndarray, kernels: Kernels,
 
 
 def crf_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, *, gt_prob: float = GT_PROB,
-               kernels: Kernels = RECIPES["label"], iterations: int = ITERATIONS) -> np.ndarray:
+               kernels: Kernels = RECIPES["label"], iterations: int = ITERATIONS, scale="auto") -> np.ndarray:
     """The label recipe (IRN's ``crf_inference_label``): labels int [H, W] (0..n_labels-1,
-    or UNSURE) -> marginals float32 [n_labels, H, W]; argmax over axis 0 gives IRN's labels."""
+    or UNSURE) -> marginals float32 [n_labels, H, W]; argmax over axis 0 gives IRN's labels.
+    Spatial widths scaled by ``scale`` (see the module docstring)."""
     height, width = check_image(image)
     if labels.shape != (height, width):
         raise ValueError(f"labels are {labels.shape[1]}x{labels.shape[0]} but the image is "
                          f"{width}x{height}")
+    kernels = scaled(kernels, kernel_scale(scale, (height, width)))
     return dense_crf(image, label_unary(labels, n_labels, gt_prob), kernels, iterations)
 
 
@@ -161,27 +191,30 @@ def compact_labels(labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def crf_label_map(image: np.ndarray, labels: np.ndarray, keys=(), *, gt_prob: float = GT_PROB,
-                  kernels: Kernels = RECIPES["label"], iterations: int = ITERATIONS) -> np.ndarray:
+                  kernels: Kernels = RECIPES["label"], iterations: int = ITERATIONS, scale="auto") -> np.ndarray:
     """IRN's ``crf_inference_label`` on class ids: labels uint8 [H, W] (255 = unsure) ->
     uint8 [H, W] class ids, every pixel decided. The CRF chooses among background, ``keys``
-    (the image's classes, e.g. its CAM keys) and the classes present in ``labels``."""
+    (the image's classes, e.g. its CAM keys) and the classes present in ``labels``.
+    Spatial widths scaled by ``scale``: on VOC-size images (longer side 500) ``"auto"`` is 1,
+    IRN's own CRF."""
     if not isinstance(labels, np.ndarray) or labels.dtype != np.uint8:
         raise ValueError(f"labels must be uint8 class ids [H, W], got {_describe(labels)}")
     all_keys = label_keys(labels, keys)
     marginals = crf_labels(image, compact_labels(labels, all_keys), len(all_keys), gt_prob=gt_prob,
-                           kernels=kernels, iterations=iterations)
+                           kernels=kernels, iterations=iterations, scale=scale)
     return all_keys.astype(np.uint8)[np.argmax(marginals, axis=0)]
 
 
 def crf_scores(image: np.ndarray, probs: np.ndarray, *, kernels: Kernels = RECIPES["softmax"],
-               iterations: int = ITERATIONS) -> np.ndarray:
+               iterations: int = ITERATIONS, scale="auto") -> np.ndarray:
     """The softmax recipe (PSA's ``crf_inference``; DeepLab's with ``RECIPES["deeplab"]``):
-    probs float [n, H, W], background plane included -> marginals float32 [n, H, W]."""
+    probs float [n, H, W], background plane included -> marginals float32 [n, H, W].
+    Spatial widths scaled by ``scale`` (see the module docstring)."""
     height, width = check_image(image)
     if probs.ndim != 3 or probs.shape[1:] != (height, width):
         raise ValueError(f"probabilities must be [n, {height}, {width}] for this image, got "
                          f"{_describe(probs)}")
-    return dense_crf(image, softmax_unary(probs), kernels, iterations)
+    return dense_crf(image, softmax_unary(probs), scaled(kernels, kernel_scale(scale, (height, width))), iterations)
 
 
 def _describe(value) -> str:

@@ -12,8 +12,8 @@ from plabel_kit import DataError, PseudoLabel, Refiner, Sample
 from plabel_kit.arrays import foreground_planes, resize_scores, scores_to_labels
 from plabel_kit.types import IGNORE
 
-from .recipes import (GT_PROB, ITERATIONS, RECIPES, Kernels, compact_labels, dense_crf, label_keys, label_unary,
-                      psa_background, softmax_unary)
+from .recipes import (GT_PROB, ITERATIONS, RECIPES, Kernels, compact_labels, dense_crf, kernel_scale, label_keys,
+                      label_unary, psa_background, scaled, softmax_unary)
 
 #: recipes whose unary comes from scores, not from the label map
 SCORE_RECIPES = ("softmax", "deeplab")
@@ -26,7 +26,7 @@ class CrfJob(NamedTuple):
     image: np.ndarray  # uint8 [H, W, 3], C-contiguous
     unary: np.ndarray  # float32 [n, H * W]
     keys: np.ndarray  # int64 [n]: the class id of each CRF label
-    kernels: Kernels
+    kernels: Kernels  # spatial widths already scaled to this image
     iterations: int
 
 
@@ -71,7 +71,11 @@ class DenseCRF(Refiner):
       255 band is not read unless ``keep_ignore``).
     - ``deeplab`` (DeepLab-v2): as ``softmax`` with gaussian 1/3, bilateral 67/3/4.
 
-    Kernel parameters left at None take the recipe's values. ``backend``: ``pydensecrf``
+    Kernel parameters left at None take the recipe's values. ``scale`` multiplies both
+    spatial widths (gaussian_sxy, bilateral_sxy, the recipe's or set ones): ``auto`` (the
+    default) = the image's longer side / 500, the PASCAL VOC size the recipes were tuned on,
+    so a kernel covers the same share of any image; a number; 1 = the published absolute
+    widths. ``backend``: ``pydensecrf``
     (``workers`` processes run the images of a batch in parallel; None: all cores; 0 or 1:
     in this process) or ``torch`` (the same model, :mod:`plabel_crf.torch_crf`, a batch per
     call, on the GPU when there is one; labels agree with pydensecrf's to float rounding,
@@ -91,6 +95,7 @@ class DenseCRF(Refiner):
     threshold: float = 0.15
     alpha: float | None = None
     keep_ignore: bool | None = None
+    scale: float | str = "auto"
     save_scores: bool = True
     workers: int | None = None
     backend: str = "auto"
@@ -117,6 +122,11 @@ class DenseCRF(Refiner):
         for name, value in self.kernels()._asdict().items():
             if value <= 0 and not name.endswith("compat"):
                 raise ValueError(f"{name} must be > 0, got {value}")
+        kernel_scale(self.scale, (1, 1))  # 'auto' or a positive number, else ValueError
+
+    def kernels_for(self, size: tuple[int, int]) -> Kernels:
+        """The kernels for an image of ``size`` (H, W): spatial widths times ``scale``."""
+        return scaled(self.kernels(), kernel_scale(self.scale, size))
 
     def kernels(self) -> Kernels:
         """The recipe's kernels with this refiner's overrides."""
@@ -154,7 +164,7 @@ class DenseCRF(Refiner):
                 unary, keys = self._score_unary(sample, pseudo, size)
         except ValueError as exc:
             raise DataError(f"crf: {exc}", path=sample.image_path, image_id=sample.id) from None
-        return CrfJob(image, unary, keys, self.kernels(), self.iterations)
+        return CrfJob(image, unary, keys, self.kernels_for(size), self.iterations)
 
     def output(self, job: CrfJob, marginals: np.ndarray, pseudo: PseudoLabel) -> PseudoLabel:
         """Label = the class id of the most probable CRF label, 255 band kept as configured."""
@@ -212,8 +222,15 @@ class DenseCRF(Refiner):
         if self.backend == "torch":
             from .torch_crf import dense_crf_batch
 
-            return dense_crf_batch([job.image for job in jobs], [job.unary for job in jobs], self.kernels(),
-                                   self.iterations)
+            # one call per kernel set: with scale=auto, images of different sizes differ
+            marginals: list = [None] * len(jobs)
+            for kernels in dict.fromkeys(job.kernels for job in jobs):
+                group = [k for k, job in enumerate(jobs) if job.kernels == kernels]
+                found = dense_crf_batch([jobs[k].image for k in group], [jobs[k].unary for k in group], kernels,
+                                        self.iterations)
+                for k, q in zip(group, found):
+                    marginals[k] = q
+            return marginals
         workers = min(self.worker_count(), len(jobs))
         if workers <= 1:
             return [run_job(job) for job in jobs]

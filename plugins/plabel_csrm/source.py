@@ -61,7 +61,11 @@ class Csrm(LabelSource):
     classification (label smoothing), class->segmentation against the teacher's CAM masks
     (IRN thresholds ``c2s_fg`` / ``c2s_bg``, dense CRF with ``c2s_crf``, 255 band),
     segmentation->class where the teacher is confident (weight ramped by ``s2c_ramp``),
-    U2PL's entropy-drop loss and a memory-bank pixel contrast; ClassMix; CUDA autocast
+    U2PL's entropy-drop loss and a memory-bank pixel contrast; every image enters a step
+    twice, as the reference's labelled and unlabelled batches: a strong view (resize, flip,
+    crop, colour jitter, blur) takes class->segmentation and the contrast with anchors from
+    its class->segmentation mask, a weak view (crop only) takes the entropy-drop loss and the
+    contrast under U2PL's entropy rule; ClassMix; CUDA autocast
     (``amp``); gradient clipping. Warm start from ``cam_checkpoint`` (a ``cam`` source's
     ``cam_final.pth``: backbone and classifier) or ``pretrained`` (a local ResNet state dict).
 
@@ -276,7 +280,10 @@ class Csrm(LabelSource):
 
             context = (multiprocessing.get_context("fork")
                        if "fork" in multiprocessing.get_all_start_methods() else None)
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+            from .train import exit_with_parent
+
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=exit_with_parent,
+                                       initargs=(os.getpid(),))
             weakref.finalize(self, pool.shutdown)
             self.__dict__["_executor"] = pool
         return pool
@@ -290,5 +297,6 @@ class Csrm(LabelSource):
         if history:
             out["seconds_per_epoch"] = round(float(np.mean([h["seconds"] for h in history])), 2)
             out["final_loss"] = history[-1]["loss"]
+            out["contrast_per_epoch"] = [h.get("contrast", 0.0) for h in history]
             out["history"] = history
         return out

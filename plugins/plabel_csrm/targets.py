@@ -1,6 +1,8 @@
 """What the teacher's outputs become before the losses read them: class->segmentation
 pseudo masks from CAMs, segmentation probabilities restricted to the image's tags, and the
-pixel-contrast selections (anchors, prototypes, negatives).
+pixel-contrast selections (anchors, prototypes, negatives) of CSRM's two roles: from the
+class->segmentation masks on the "labelled" (strong) views, from the teacher's entropy on
+the "unlabelled" (weak) views.
 
 Shapes: B images, C foreground classes, K = C + 1 segmentation classes, h x w a map's size.
 """
@@ -44,8 +46,8 @@ def c2s_mask(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, fg_threshold
 def contrast_selection(probs: torch.Tensor, labels: torch.Tensor, tags: torch.Tensor, valid: torch.Tensor,
                        percent: float, class_threshold: float = 0.3, low_rank: int = 3,
                        high_rank: int = 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Which pixels serve the pixel contrast, from the teacher's segmentation (U2PL's rules on
-    unlabelled images, with CSRM's use of the tags).
+    """Which pixels serve the pixel contrast on CSRM's "unlabelled" crops, from the teacher's
+    segmentation (U2PL's rules on unlabelled images, with CSRM's use of the tags).
 
     probs [B, K, h, w]: the teacher's softmax over all classes; labels int [B, h, w]: its
     argmax restricted to the tags; tags multi-hot [B, C]; valid bool [B, h, w]; ``percent``:
@@ -77,6 +79,29 @@ def contrast_selection(probs: torch.Tensor, labels: torch.Tensor, tags: torch.Te
     untagged_but_likely = (rank < low_rank) & ~tagged
     hard = (rank >= low_rank) & (rank < high_rank)
     negatives = (untagged_but_likely | hard) & high[:, None]
+    return prototype, anchors, negatives
+
+
+def labelled_contrast_selection(probs: torch.Tensor, pseudo: torch.Tensor, class_threshold: float = 0.3,
+                                low_rank: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pixel contrast's selections on CSRM's "labelled" crops, where the class->segmentation
+    pseudo masks stand in for U2PL's ground truth (``compute_contra_memobank_loss`` with
+    ``low_mask = high_mask = pseudo != 255``): no entropy rule, so every class of the mask
+    takes part however confident the teacher is elsewhere.
+
+    probs [B, K, h, w]: the teacher's softmax over all classes; pseudo int [B, h, w]: the
+    class->segmentation mask at that resolution (255 = band / padding).
+    Returns bool [B, K, h, w] each:
+    - prototype pixels of class k: labelled k;
+    - anchors of k: prototype pixels where the teacher gives k more than ``class_threshold``;
+    - negatives for k: labelled pixels of another class where k is in the teacher's top
+      ``low_rank`` classes."""
+    classes = torch.arange(probs.shape[1], device=probs.device)[None, :, None, None]
+    prototype = pseudo[:, None] == classes  # 255 is no class
+    anchors = prototype & (probs > class_threshold)
+    rank = probs.argsort(dim=1, descending=True).argsort(dim=1)
+    labelled = (pseudo != IGNORE)[:, None]
+    negatives = (rank < low_rank) & labelled & ~prototype
     return prototype, anchors, negatives
 
 

@@ -1,17 +1,25 @@
 """CSRM training: student + EMA teacher, the five losses, ClassMix, SGD with poly decay.
 
-One step (B crops of the same size H x W):
-1. teacher CAMs -> class->segmentation pseudo masks (IRN thresholds, optional CRF, 255 band);
-2. ClassMix on images, padding masks, pseudo masks and tags (probability ``classmix_prob``);
+Every image gives two crops a step, as CSRM's "labelled" and "unlabelled" batches (its
+``train_u2pl.py``): a strong view (IRN's random long-side resize, flip and crop, then the
+reference's colour jitter and Gaussian blur) and a weak view (the image at its own size,
+randomly cropped, nothing else). One step (B images, 2B crops of the same size H x W):
+1. teacher CAMs -> class->segmentation pseudo masks (IRN thresholds, optional CRF, 255 band)
+   of all 2B crops;
+2. ClassMix on images, padding masks, pseudo masks and tags of all 2B crops (probability
+   ``classmix_prob``);
 3. teacher forward on the mixed crops (segmentation probabilities and representations);
-4. student forward; classification + class->segmentation losses; after the warm-up also
-   segmentation->class (ramped weight), the entropy-drop loss and the pixel contrast;
+4. student forward; classification on all crops, class->segmentation on the strong views;
+   after the warm-up also segmentation->class (ramped weight) on all crops, the entropy-drop
+   loss on the weak views, and the pixel contrast with both roles: on the strong views its
+   anchors, prototypes and negatives come from the class->segmentation masks, on the weak
+   views from U2PL's entropy rule on the teacher;
 5. backward (GradScaler under CUDA autocast), gradient clipping, SGD, teacher EMA update.
 
-Deterministic on CPU for a given seed: crops derive from (seed, epoch, index), batch order
-and dropout from (seed, epoch), ClassMix and contrast sampling from (seed, step), and the
-epoch checkpoint holds student, teacher, optimiser and memory bank, so a resumed run ends
-with the weights of an unbroken one.
+Deterministic on CPU for a given seed: crops and their photometric changes derive from
+(seed, epoch, index), batch order and dropout from (seed, epoch), ClassMix and contrast
+sampling from (seed, step), and the epoch checkpoint holds student, teacher, optimiser and
+memory bank, so a resumed run ends with the weights of an unbroken one.
 """
 from __future__ import annotations
 
@@ -30,21 +38,23 @@ from plabel_cam.infer import IMAGENET_MEAN, IMAGENET_STD, normalise
 from plabel_cam.train import poly_lr
 from plabel_kit.datasets import Dataset, load_image
 from plabel_kit.progress import quiet, track
+from plabel_kit.types import IGNORE
 
 from .classmix import classmix
 from .ema import ema_decay, make_teacher, update_teacher
 from .losses import (class_to_segmentation_loss, classification_loss, entropy_drop_loss, pixel_contrast_loss,
                      s2c_weight, segmentation_to_class_loss, unreliable_percent)
 from .memory import MemoryBank
-from .targets import (c2s_mask, contrast_selection, ignore_outside, masked_means, negative_keys,
-                      normalised_cams, restrict_to_tags)
+from .targets import (c2s_mask, contrast_selection, ignore_outside, labelled_contrast_selection, masked_means,
+                      negative_keys, normalised_cams, restrict_to_tags)
 
 LATEST = "latest.pth"
 LOSS_NAMES = ("c", "c2s", "s2c", "u", "contrast")
 
 
 class TrainingCrops(torch.utils.data.Dataset):
-    """(normalised crop [3, S, S], valid bool [S, S] (False on padding), multi-hot tags [C])."""
+    """Two views of every image: (strong crop [3, S, S], its valid bool [S, S] (False on
+    padding), weak crop [3, S, S], its valid [S, S], multi-hot tags [C])."""
 
     def __init__(self, dataset: Dataset, crop_size: int, resize_long: tuple[int, int], seed: int):
         self.samples = dataset.samples
@@ -58,17 +68,21 @@ class TrainingCrops(torch.utils.data.Dataset):
     def __getitem__(self, index):
         sample = self.samples[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, valid = augment(load_image(sample.image_path, sample.id), rng, self.resize_long, self.crop_size)
+        image = load_image(sample.image_path, sample.id)
+        strong, strong_valid = augment(image, rng, self.resize_long, self.crop_size)
+        weak, weak_valid = weak_view(image, rng, self.crop_size)
         tags = torch.zeros(self.num_fg)
         for c in sample.classes:
             tags[c - 1] = 1
-        return image, valid, tags
+        return strong, strong_valid, weak, weak_valid, tags
 
 
 def augment(image: np.ndarray, rng: np.random.Generator, resize_long: tuple[int, int],
-            crop: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """IRN's training augmentation (random long-side resize, flip, random crop, zero padding)
-    that also returns where the crop holds image pixels: ([3, S, S], bool [S, S])."""
+            crop: int, photometric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The strong view: IRN's training augmentation (random long-side resize, flip, random
+    crop, zero padding), then (``photometric``) CSRM's colour jitter and blur on the crop's
+    image pixels (:func:`photometric_jitter`). Returns ([3, S, S] normalised, bool [S, S]:
+    where the crop holds image pixels)."""
     import cv2
 
     height, width = image.shape[:2]
@@ -77,15 +91,65 @@ def augment(image: np.ndarray, rng: np.random.Generator, resize_long: tuple[int,
                        interpolation=cv2.INTER_LINEAR)
     if rng.random() < 0.5:
         image = image[:, ::-1]
-    tensor = normalise(np.ascontiguousarray(image))
-    _, h, w = tensor.shape
+    return _crop(image, rng, crop, photometric)
+
+
+def weak_view(image: np.ndarray, rng: np.random.Generator, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weak view (CSRM's unlabelled batch: scale 1, random crop, no flip, no colour
+    change): the image at its own size, randomly cropped and zero padded to ``crop``.
+    Returns ([3, S, S] normalised, bool [S, S] valid)."""
+    return _crop(image, rng, crop, False)
+
+
+def _crop(image: np.ndarray, rng: np.random.Generator, crop: int, photometric: bool):
+    height, width = image.shape[:2]
+    top, left = rng.integers(0, max(height - crop, 0) + 1), rng.integers(0, max(width - crop, 0) + 1)
+    dst_top, dst_left = rng.integers(0, max(crop - height, 0) + 1), rng.integers(0, max(crop - width, 0) + 1)
+    ch, cw = min(crop, height), min(crop, width)
+    pixels = np.ascontiguousarray(image[top:top + ch, left:left + cw])
+    if photometric:
+        pixels = photometric_jitter(pixels, rng)
     out, valid = torch.zeros(3, crop, crop), torch.zeros(crop, crop, dtype=torch.bool)
-    top, left = rng.integers(0, max(h - crop, 0) + 1), rng.integers(0, max(w - crop, 0) + 1)
-    dst_top, dst_left = rng.integers(0, max(crop - h, 0) + 1), rng.integers(0, max(crop - w, 0) + 1)
-    ch, cw = min(crop, h), min(crop, w)
-    out[:, dst_top:dst_top + ch, dst_left:dst_left + cw] = tensor[:, top:top + ch, left:left + cw]
+    out[:, dst_top:dst_top + ch, dst_left:dst_left + cw] = normalise(pixels)
     valid[dst_top:dst_top + ch, dst_left:dst_left + cw] = True
     return out, valid
+
+
+def photometric_jitter(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """CSRM's strong-view colour changes (``csrm/data_utils.py`` ``transform``), on uint8
+    RGB [H, W, 3]: with probability 0.8 torchvision's ``ColorJitter((0.75, 1.25), (0.75, 1.25),
+    (0.75, 1.25), (-0.25, 0.25))`` (brightness, contrast, saturation and hue in a random order,
+    through PIL as torchvision does for PIL images), then with probability 0.5 PIL's Gaussian
+    blur of radius uniform(0.15, 1.15). Random numbers from ``rng``, so a crop is reproducible."""
+    from PIL import Image, ImageEnhance, ImageFilter
+
+    picture = Image.fromarray(pixels)
+    if rng.random() < 0.8:
+        order = rng.permutation(4)
+        brightness, contrast, saturation = rng.uniform(0.75, 1.25, 3)
+        hue = rng.uniform(-0.25, 0.25)
+        for op in order:
+            if op == 0:
+                picture = ImageEnhance.Brightness(picture).enhance(brightness)
+            elif op == 1:
+                picture = ImageEnhance.Contrast(picture).enhance(contrast)
+            elif op == 2:
+                picture = ImageEnhance.Color(picture).enhance(saturation)
+            else:
+                picture = shift_hue(picture, hue)
+    if rng.random() < 0.5:
+        picture = picture.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.15, 1.15)))
+    return np.asarray(picture, dtype=np.uint8)
+
+
+def shift_hue(picture, factor: float):
+    """torchvision's ``adjust_hue`` for PIL images: the HSV hue channel shifted by
+    ``factor`` (-0.5..0.5) of a turn, wrapping around."""
+    from PIL import Image
+
+    hue, saturation, value = picture.convert("HSV").split()
+    shifted = ((np.asarray(hue, dtype=np.int16) + int(factor * 255)) % 256).astype(np.uint8)
+    return Image.merge("HSV", (Image.fromarray(shifted, "L"), saturation, value)).convert("RGB")
 
 
 def denormalise(images: torch.Tensor) -> np.ndarray:
@@ -112,21 +176,43 @@ def c2s_masks(images: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, vali
     return torch.from_numpy(np.stack([ignore_outside(m, v) for m, v in zip(masks, valid_np)]).astype(np.int64))
 
 
-def contrast_loss(student_rep, teacher_seg, teacher_rep, tags, valid, bank: MemoryBank, percent: float,
-                  params, generator) -> torch.Tensor:
-    """Select anchors / prototypes / negatives at the decoder's resolution from the teacher,
-    push the negatives into the bank, then the pixel contrast of the student's representation."""
+def contrast_loss(student_rep, teacher_seg, teacher_rep, pseudo, tags, valid, labelled: int, bank: MemoryBank,
+                  percent: float, params, generator) -> tuple[torch.Tensor, int]:
+    """The pixel contrast of a batch whose first ``labelled`` crops play CSRM's labelled role
+    and the rest its unlabelled role, at the decoder's resolution: select anchors /
+    prototypes / negatives (:func:`contrast_targets`), push the negatives (the teacher's
+    representations) into the bank, then the contrast of the student's representations.
+    Returns (loss, number of classes holding anchors)."""
     small = teacher_seg.shape[2:]
     probs = torch.softmax(teacher_seg.float(), dim=1)
-    labels = restrict_to_tags(probs, tags).argmax(dim=1)
-    valid_small = F.interpolate(valid[:, None].float(), size=small, mode="nearest")[:, 0].bool()
-    prototype, anchors, negatives = contrast_selection(
-        probs, labels, tags, valid_small, percent, params.contrast_class_threshold, params.contrast_low_rank,
-        params.contrast_high_rank)
+    prototype, anchors, negatives = contrast_targets(probs, shrink(pseudo, small), tags, shrink(valid, small).bool(),
+                                                     labelled, percent, params)
     teacher_rep = teacher_rep.float()
     bank.push(negative_keys(teacher_rep, negatives), generator)
-    return pixel_contrast_loss(student_rep.float(), anchors, masked_means(teacher_rep, prototype), bank.queues,
+    loss = pixel_contrast_loss(student_rep.float(), anchors, masked_means(teacher_rep, prototype), bank.queues,
                                params.num_queries, params.num_negatives, params.temperature, generator)
+    return loss, int(anchors.flatten(2).any(dim=2).any(dim=0).sum())
+
+
+def contrast_targets(probs, pseudo, tags, valid, labelled: int, percent: float, params):
+    """(prototype, anchors, negatives) bool [B, K, h, w] for a batch of teacher
+    probabilities [B, K, h, w]: the first ``labelled`` crops from their class->segmentation
+    masks ``pseudo`` int [B, h, w] (:func:`labelled_contrast_selection`), the others from the
+    teacher's entropy (:func:`contrast_selection` on its argmax restricted to ``tags``, over
+    ``valid`` pixels, ``percent`` % low / high entropy), as U2PL's labelled / unlabelled split."""
+    l_sel = labelled_contrast_selection(probs[:labelled], pseudo[:labelled], params.contrast_class_threshold,
+                                        params.contrast_low_rank)
+    u_probs = probs[labelled:]
+    u_sel = contrast_selection(u_probs, restrict_to_tags(u_probs, tags[labelled:]).argmax(dim=1), tags[labelled:],
+                               valid[labelled:], percent, params.contrast_class_threshold, params.contrast_low_rank,
+                               params.contrast_high_rank)
+    return tuple(torch.cat([a, b]) for a, b in zip(l_sel, u_sel))
+
+
+def shrink(mask: torch.Tensor, size) -> torch.Tensor:
+    """A label or bool map [B, H, W] at ``size`` by nearest neighbour (as the reference
+    shrinks its masks to the decoder's resolution); int64 out."""
+    return F.interpolate(mask[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
 class Trainer:
@@ -223,16 +309,21 @@ class Trainer:
                 self.history.append(record)
                 if self.rank == 0:
                     self.log(f"CSRM epoch {epoch + 1}/{params.epochs}: loss {record['loss']:.4f} ("
-                             + ", ".join(f"{k} {record[k]:.4f}" for k in LOSS_NAMES) + ")")
+                             + ", ".join(f"{k} {record[k]:.4f}" for k in LOSS_NAMES)
+                             + f"; {record['anchor_classes']:.2f} classes with contrast anchors per step)")
                     self.save(epoch + 1)
                 if self.world > 1:
                     torch.distributed.barrier()
 
     def step(self, net, batch, step: int, epoch: int, pool) -> dict:
-        """One optimiser step; returns the batch's loss values and the labelled share of the
+        """One optimiser step on B images (their strong views take CSRM's labelled role, their
+        weak views the unlabelled one); returns the batch's loss values, the number of classes
+        holding contrast anchors and the labelled share of the strong views'
         class->segmentation masks."""
         params, device = self.params, self.device
-        images, valid, tags = (t.to(device) for t in batch)
+        strong, strong_valid, weak, weak_valid, tags = (t.to(device) for t in batch)
+        n = len(strong)
+        images, valid, tags = torch.cat([strong, weak]), torch.cat([strong_valid, weak_valid]), torch.cat([tags, tags])
         generator = torch.Generator().manual_seed(params.seed * 1_000_000_007 + step)
         autocast = torch.autocast(device.type, dtype=torch.float16, enabled=self.amp)
         with torch.no_grad(), autocast:
@@ -250,7 +341,8 @@ class Trainer:
         size = images.shape[2:]
         seg = F.interpolate(student.seg.float(), size=size, mode="bilinear", align_corners=False)
         losses = {"c": classification_loss(student.logits.float(), tags, params.label_smoothing),
-                  "c2s": class_to_segmentation_loss(seg, pseudo, params.label_smoothing)}
+                  "c2s": class_to_segmentation_loss(seg[:n], pseudo[:n], params.label_smoothing)}
+        anchor_classes = 0
         if after_warmup:
             teacher_probs = restrict_to_tags(torch.softmax(
                 F.interpolate(teacher.seg.float(), size=size, mode="bilinear", align_corners=False), dim=1), tags)
@@ -258,10 +350,11 @@ class Trainer:
             weight = s2c_weight(step, self.warmup_steps, self.total_steps, *params.s2c_ramp)
             losses["s2c"] = weight * segmentation_to_class_loss(cams, seg[:, :1], teacher_probs,
                                                                 params.s2c_confidence, valid, params.label_smoothing)
-            losses["u"] = entropy_drop_loss(seg, teacher_probs,
-                                            unreliable_percent(epoch, params.epochs, params.unreliable_percent), valid)
-            losses["contrast"] = contrast_loss(
-                student.rep, teacher.seg, teacher.rep, tags, valid, self.bank,
+            losses["u"] = entropy_drop_loss(seg[n:], teacher_probs[n:],
+                                            unreliable_percent(epoch, params.epochs, params.unreliable_percent),
+                                            valid[n:])
+            losses["contrast"], anchor_classes = contrast_loss(
+                student.rep, teacher.seg, teacher.rep, pseudo, tags, valid, n, self.bank,
                 unreliable_percent(epoch, params.epochs, params.contrast_percent), params, generator)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -270,10 +363,10 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), params.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        labelled = ((pseudo != 255) & valid).sum() / valid.sum().clamp_min(1)
+        labelled = ((pseudo[:n] != IGNORE) & valid[:n]).sum() / valid[:n].sum().clamp_min(1)
         return {"loss": float(total.detach()), **{k: float(losses[k].detach()) if k in losses else 0.0
                                                   for k in LOSS_NAMES},
-                "c2s_labelled": float(labelled)}
+                "anchor_classes": float(anchor_classes), "c2s_labelled": float(labelled)}
 
 
 @contextmanager
@@ -293,5 +386,20 @@ def crf_pool(params):
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         yield pool
+
+
+def exit_with_parent(parent: int) -> None:
+    """Process-pool initializer: a daemon thread ends the worker once ``parent`` is gone. A
+    SIGKILLed trainer would otherwise leave its forked workers waiting for work forever (the
+    pipe they read stays open in their siblings, so they never see its end)."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()

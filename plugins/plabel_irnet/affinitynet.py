@@ -1,6 +1,7 @@
-"""AffinityNet (PSA, Ahn & Kwak, CVPR 2018) for the ``randomwalk`` refiner: trained on the
-IR labels of the input CAM set (pairs within radius 5 at stride 8), predicting the walk's
-affinities. The refiner imports this module only with ``affinity=affinitynet``."""
+"""AffinityNet (PSA, Ahn & Kwak, CVPR 2018) for the ``randomwalk`` refiner: trained on
+labels from the input CAM set (PSA's two-alpha CRF labels, ``psa_labels``, or IRN's IR
+labels), pairs within radius 5 at stride 8, predicting the walk's affinities. The refiner
+imports this module only with ``affinity=affinitynet``."""
 from __future__ import annotations
 
 import os
@@ -10,13 +11,23 @@ from pathlib import Path
 import numpy as np
 
 FINAL = "affinitynet_final.pth"
+#: where AffinityNet's training labels come from: PSA's two-alpha CRFs or IRN's IR labels
+LABELS = ("psa", "irn")
 
 
 @dataclass
 class AffinityTraining:
     """PSA's schedule (8 epochs, batch 8, crop 448 after a random long-side resize to
     448..768 (crop x 1..12/7), lr 0.1 with 10x for the new layers, weight decay 5e-4, poly
-    0.9), pairs within ``radius`` 5 at stride 8."""
+    0.9), pairs within ``radius`` 5 at stride 8.
+
+    ``labels``: ``psa`` (PSA's: the CAM planes with background (1 - max)^alpha at
+    ``low_alpha`` 4 and ``high_alpha`` 32, each through the softmax-recipe CRF, 8 x 8-pooled:
+    confident foreground from the low alpha, confident background from the high one) or
+    ``irn`` (IRN's IR labels of the CAM set, sampled at cell centres). ``frozen_stages``:
+    backbone stages kept fixed (mmseg's numbering); None = 0, the stem, when the CAM was
+    trained from ``pretrained`` weights (PSA freezes the layers of its ImageNet weights
+    before stride 4), else -1."""
 
     epochs: int = 8
     batch_size: int = 8
@@ -26,6 +37,20 @@ class AffinityTraining:
     weight_decay: float = 5e-4
     radius: int = 5
     seed: int = 0
+    labels: str = "psa"
+    low_alpha: float = 4.0
+    high_alpha: float = 32.0
+    frozen_stages: int | None = None
+
+    def __post_init__(self):
+        if self.labels not in LABELS:
+            raise ValueError(f"affinity labels must be one of {', '.join(LABELS)}, not {self.labels!r}")
+
+    def frozen_for(self, cam_config: dict) -> int:
+        """``frozen_stages``, or 0 (the stem) for a CAM trained from pretrained weights, else -1."""
+        if self.frozen_stages is not None:
+            return self.frozen_stages
+        return 0 if cam_config.get("pretrained") else -1
 
 
 class AffinityModel:
@@ -49,8 +74,9 @@ class AffinityModel:
 
     @classmethod
     def train(cls, dataset, labels, workdir: Path, device, training: AffinityTraining, log) -> "AffinityModel":
-        """Train on ``labels`` (a CAM label set: its IR labels) unless ``workdir`` holds a
-        finished model; resumes from ``workdir/latest.pth``. Backbone from the CAM checkpoint."""
+        """Train on ``labels`` (a CAM label set: PSA's labels of its scores, or its IR labels, as
+        ``training.labels`` says) unless ``workdir`` holds a finished model; resumes from
+        ``workdir/latest.pth``. Backbone from the CAM checkpoint."""
         import torch
 
         from .data import IrLabels, PairItems, cam_checkpoint
@@ -68,13 +94,21 @@ class AffinityModel:
                 raise LabelSetError(f"{labels.path}: affinity=affinitynet trains from a CAM label set with its "
                                     f"checkpoint (<set>/work/cam_final.pth); none found")
             torch.manual_seed(training.seed)
-            backbone = labels.producer["config"]["backbone"]
-            net = AffinityNet(backbone)
+            cam_config = labels.producer["config"]
+            backbone, frozen = cam_config["backbone"], training.frozen_for(cam_config)
+            net = AffinityNet(backbone, frozen)
             net.backbone.load_cam(weights)
-            log(f"affinitynet: {backbone} backbone from {weights}")
-            items = PairItems(dataset, IrLabels(labels), workdir / "ir_labels", stride=8, radius=training.radius,
-                              crop=training.crop_size, seed=training.seed,
-                              resize_long=(training.crop_size, training.crop_size * 12 // 7))
+            log(f"affinitynet: {backbone} backbone from {weights}"
+                + (f", frozen_stages={frozen}" if frozen >= 0 else "") + f"; {training.labels} labels")
+            common = dict(stride=8, radius=training.radius, crop=training.crop_size, seed=training.seed,
+                          resize_long=(training.crop_size, training.crop_size * 12 // 7))
+            if training.labels == "psa":
+                from .psa_labels import psa_pair_items
+
+                items = psa_pair_items(dataset, labels, workdir / "psa_labels", low_alpha=training.low_alpha,
+                                       high_alpha=training.high_alpha, **common)
+            else:
+                items = PairItems(dataset, IrLabels(labels), workdir / "ir_labels", **common)
             old, new = net.parameter_groups()
             groups = [{"params": old, "lr": training.lr}, {"params": new, "lr": training.lr * training.new_lr_mult}]
             schedule = Schedule(training.epochs, training.batch_size, training.lr, training.weight_decay, 0.0, 0.9,

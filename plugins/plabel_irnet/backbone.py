@@ -7,9 +7,10 @@ from torch import nn
 
 class StageBackbone(nn.Module):
     """mmseg ResNet (a ``plabel_cam.model.BACKBONES`` preset) returning the stem (after the
-    max pool, stride 4) and the four stages: IRN's ``stage1..stage5``."""
+    max pool, stride 4) and the four stages: IRN's ``stage1..stage5``. ``frozen_stages``
+    (mmseg's: -1 none, 0 the stem, k the stem and stages 1..k) stay fixed in training."""
 
-    def __init__(self, name: str, output_stride: int):
+    def __init__(self, name: str, output_stride: int, frozen_stages: int = -1):
         super().__init__()
         import mmseg.models  # noqa: F401  (fills mmseg's MODELS registry)
         from mmseg.registry import MODELS
@@ -19,7 +20,7 @@ class StageBackbone(nn.Module):
         strides, dilations = OUTPUT_STRIDES[output_stride]
         config = dict(BACKBONES[name][0], num_stages=4, out_indices=(0, 1, 2, 3), strides=strides,
                       dilations=dilations, norm_cfg=dict(type="BN", requires_grad=True), norm_eval=True,
-                      style="pytorch")
+                      frozen_stages=frozen_stages, style="pytorch")
         self.resnet = MODELS.build(config)
         with torch.no_grad():
             self.channels = [f.shape[1] for f in self.forward(torch.zeros(1, 3, 32, 32))]

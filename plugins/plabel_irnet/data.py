@@ -55,9 +55,13 @@ class IrLabels:
         return ir_labels(image, planes, keys, *self.thresholds)
 
 
-def augment_pair(image: np.ndarray, label: np.ndarray, rng, resize_long, crop: int):
-    """Random long-side resize, flip and crop (image zero-padded, label 255-padded), as IRN's
-    and PSA's affinity training: -> (normalised float32 [3, S, S], uint8 [S, S])."""
+def augment_pair(image: np.ndarray, label: np.ndarray, rng, resize_long, crop: int, *, fill=IGNORE,
+                 interpolation=None):
+    """Random long-side resize, flip and crop (image zero-padded, label ``fill``-padded), as
+    IRN's and PSA's affinity training: -> (normalised float32 [3, S, S], [S, S] or [S, S, C]
+    of the label's dtype). The label (uint8 [H, W], or planes [H, W, C]) is resized with
+    ``interpolation``; None = nearest at pixel centres (``cv2.INTER_NEAREST_EXACT``, which
+    equals IRN's PIL nearest; ``INTER_NEAREST`` is half a pixel off)."""
     import cv2
     from plabel_cam.infer import normalise
 
@@ -65,12 +69,13 @@ def augment_pair(image: np.ndarray, label: np.ndarray, rng, resize_long, crop: i
     scale = rng.integers(resize_long[0], resize_long[1] + 1) / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-    label = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)
+    resized = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST_EXACT if interpolation is None else interpolation)
+    label = resized.reshape(resized.shape[:2] + label.shape[2:])  # cv2 drops a single channel
     if rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]
     tensor = normalise(np.ascontiguousarray(image))
-    h, w = label.shape
-    out_image, out_label = torch.zeros(3, crop, crop), np.full((crop, crop), IGNORE, np.uint8)
+    h, w = label.shape[:2]
+    out_image, out_label = torch.zeros(3, crop, crop), np.full((crop, crop) + label.shape[2:], fill, label.dtype)
     top, left = rng.integers(0, max(h - crop, 0) + 1), rng.integers(0, max(w - crop, 0) + 1)
     dst_top, dst_left = rng.integers(0, max(crop - h, 0) + 1), rng.integers(0, max(crop - w, 0) + 1)
     ch, cw = min(crop, h), min(crop, w)
@@ -111,14 +116,17 @@ class PairItems(torch.utils.data.Dataset):
         return label
 
     def __getitem__(self, index):
-        import cv2
-
         sample = self.samples[index]
         image = load_image(sample.image_path, sample.id)
         label = self.ir_label(sample, image)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         tensor, label = augment_pair(image, label, rng, self.resize_long, self.crop)
-        cells = self.crop // self.stride
-        # nearest sampling at cell centres, as IRN's / PSA's pil_rescale(label, 1/stride, nearest)
-        small = cv2.resize(label, (cells, cells), interpolation=cv2.INTER_NEAREST)
-        return tensor, torch.from_numpy(pair_labels(small, self.radius))
+        return tensor, torch.from_numpy(pair_labels(cell_centres(label, self.stride), self.radius))
+
+
+def cell_centres(label: np.ndarray, stride: int) -> np.ndarray:
+    """The label at the centre of each ``stride`` x ``stride`` cell (pixel stride // 2 of the
+    cell): IRN's ``pil_rescale(label, 1 / stride, 0)``, PIL's nearest resampling, which
+    samples at (i + 0.5) * stride. ``cv2.INTER_NEAREST`` would take each cell's top-left
+    pixel instead. uint8 [H, W] with H, W multiples of ``stride`` -> [H / stride, W / stride]."""
+    return np.ascontiguousarray(label[stride // 2::stride, stride // 2::stride])

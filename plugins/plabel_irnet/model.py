@@ -65,16 +65,27 @@ class BoundaryNet(nn.Module):
 class AffinityNet(nn.Module):
     """PSA's AffinityNet on a CAM backbone at output stride 8: the last three stages ->
     1x1 convs to 64 / 128 / 256 channels + ELU, concatenated, 1x1 conv (448) + ELU; the
-    affinity of two cells is exp(-mean |f_i - f_j|). The backbone trains (PSA), at 1x lr."""
+    affinity of two cells is exp(-mean |f_i - f_j|). As PSA's ``resnet38_aff.Net``: the
+    three reductions start from He-normal weights and the fuse layer from Xavier-uniform
+    with gain 4; batch norm is frozen (statistics, scale and shift); the backbone trains
+    at 1x lr except ``frozen_stages`` (mmseg's numbering; PSA freezes the layers before
+    stride 4 of its ImageNet weights, the ResNet stem: ``frozen_stages=0``)."""
 
     widths = (64, 128, 256)
 
-    def __init__(self, backbone: str):
+    def __init__(self, backbone: str, frozen_stages: int = -1):
         super().__init__()
-        self.backbone = StageBackbone(backbone, 8)
+        self.backbone = StageBackbone(backbone, 8, frozen_stages)
+        for module in self.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for p in module.parameters():
+                    p.requires_grad_(False)
         self.heads = nn.ModuleList(nn.Conv2d(c, w, 1, bias=False)
                                    for c, w in zip(self.backbone.channels[-3:], self.widths))
         self.fuse = nn.Conv2d(sum(self.widths), sum(self.widths), 1, bias=False)
+        for head in self.heads:
+            nn.init.kaiming_normal_(head.weight)
+        nn.init.xavier_uniform_(self.fuse.weight, gain=4)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] -> features [B, 448, H/8, W/8]."""
@@ -85,6 +96,7 @@ class AffinityNet(nn.Module):
         return F.elu(self.fuse(torch.cat(parts, dim=1)))
 
     def parameter_groups(self):
+        """(backbone parameters that train, new layers' parameters): PSA's lr x1 and x10."""
         return [p for p in self.backbone.parameters() if p.requires_grad], \
             list(self.heads.parameters()) + list(self.fuse.parameters())
 

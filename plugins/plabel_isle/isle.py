@@ -73,8 +73,8 @@ class Isle(Combiner):
     labels: each class copied from its chosen input; unclaimed pixels background, or 255
     where every input is 255.
 
-    selection: ``image`` = per-image class IoU averaged over images, ``dataset`` =
-    dataset-level class IoU. overlap: a pixel two chosen inputs claim for different
+    selection: ``dataset`` (the default) = dataset-level class IoU, the paper's Table 3
+    measure; ``image`` = per-image class IoU averaged over images. overlap: a pixel two chosen inputs claim for different
     classes goes to the class with the higher selection ``score``, to the higher
     normalised ``confidence`` (score maps; else by score, counted), or is ``ignore``d
     (255). thresholds: one background threshold per input (none = its labels as they
@@ -82,7 +82,7 @@ class Isle(Combiner):
     tags are dropped from every input.
     """
 
-    selection: str = "image"
+    selection: str = "dataset"
     overlap: str = "score"
     thresholds: tuple[float | None, ...] | None = None
     tags: bool = True

@@ -20,6 +20,8 @@ RECIPES = {
 }
 #: affinity sources; "affinitynet" is PSA's trained one, from the irnet plugin
 AFFINITIES = ("image", "boundary", "affinitynet")
+#: AffinityNet's training labels: PSA's two-alpha CRF labels or IRN's IR labels
+AFFINITY_LABELS = ("psa", "irn")
 
 
 @dataclass
@@ -50,8 +52,12 @@ class RandomWalk(Refiner):
       (1 - boundary), as IRN does.
     - ``affinitynet``: PSA's AffinityNet (plugin ``irnet``): loaded from ``affinity_checkpoint``,
       else trained (``affinity_epochs``, ``affinity_crop``; checkpoints in ``<out>/work``)
-      on the IR labels of the input, a CAM label set (its labels in ``mode=ir_labels``, else
-      IR labels of its scores); use with ``recipe=psa``.
+      on labels of the input, a CAM label set with scores; use with ``recipe=psa``.
+      ``affinity_labels``: ``psa`` (PSA's: the CAM scores with background (1 - max)^alpha
+      at alpha 4 and 32, each through the softmax-recipe dense CRF, 8 x 8-pooled: confident
+      foreground from alpha 4, confident background from alpha 32) or ``irn`` (IRN's IR
+      labels: the input's labels in ``mode=ir_labels``, else IR labels of its scores);
+      None = ``psa`` with ``recipe=psa``, ``irn`` with ``recipe=irn``.
 
     ``device``: "auto" (the GPU of this rank when there is one, else CPU), "cpu", "cuda[:n]".
     """
@@ -71,6 +77,7 @@ class RandomWalk(Refiner):
     affinity_checkpoint: str | None = None
     affinity_epochs: int = 8
     affinity_crop: int = 448
+    affinity_labels: str | None = None
 
     inputs = ("boundaries", "affinity_checkpoint")
     runtime = ("device",)
@@ -93,11 +100,24 @@ class RandomWalk(Refiner):
             raise ValueError(f"log_steps must be >= 0, got {self.log_steps}")
         if self.sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if self.affinity_labels is not None:
+            if self.affinity_labels not in AFFINITY_LABELS:
+                raise ValueError(f"affinity_labels must be one of {', '.join(AFFINITY_LABELS)}, "
+                                 f"not {self.affinity_labels!r}")
+            if self.affinity != "affinitynet":
+                raise ValueError("affinity_labels chooses AffinityNet's training labels: it needs "
+                                 "affinity=affinitynet")
 
     def setting(self, name: str):
         """A parameter, or the recipe's value when it is None."""
         value = getattr(self, name)
         return RECIPES[self.recipe][name] if value is None else value
+
+    def training_labels(self) -> str:
+        """``affinity_labels``, or the recipe's own: ``psa`` for ``recipe=psa``, else ``irn``."""
+        if self.affinity_labels is not None:
+            return self.affinity_labels
+        return "psa" if self.recipe == "psa" else "irn"
 
     def torch_device(self) -> str:
         if self.device != "auto":
@@ -117,7 +137,8 @@ class RandomWalk(Refiner):
         device = pick_device(self.device)
         self._affinitynet = AffinityModel.load(self.affinity_checkpoint, device) if self.affinity_checkpoint \
             else AffinityModel.train(dataset, labels, workdir, device,
-                                     AffinityTraining(self.affinity_epochs, crop_size=self.affinity_crop), _log)
+                                     AffinityTraining(self.affinity_epochs, crop_size=self.affinity_crop,
+                                                      labels=self.training_labels()), _log)
 
     def refine(self, sample: Sample, pseudo: PseudoLabel) -> PseudoLabel:
         stride = self.setting("stride")

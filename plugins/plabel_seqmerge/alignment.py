@@ -3,23 +3,26 @@
 - ``none``: resize only (nearest), as the paper;
 - ``homography``: features + RANSAC between the annotated image and the target;
 - ``flow``: dense optical flow chained along the time-ordered sequence from the
-  annotated image to the target.
+  annotated image to the target, one step per pair of consecutive images;
+- ``auto`` (chosen per sequence by the source): ``flow`` where consecutive images are close
+  enough for flow to be trusted, else ``homography``.
 Each falls back to the next simpler one when it fails (flow -> homography -> none).
-Estimation runs at a working resolution (longer side <= ``work_size``); masks are carried
-at full resolution.
+Homographies are estimated at a working resolution (longer side <= ``work_size``), flow at
+``flow_size``; masks are carried at full resolution.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Callable
+from collections import Counter, OrderedDict
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-from .flow import carry_along, chain, identity_coords, sample, step_back
+from .flow import carry_step, identity_coords, inside, sample, step_back
 from .homography import HomographyParams, estimate_homography, grey, warp_mask
 
-ALIGNMENTS = ("none", "homography", "flow")
+ALIGNMENTS = ("auto", "none", "homography", "flow")
 FALLBACK = {"flow": "homography", "homography": "none"}
+CUT, SIZE_CHANGE = "scene cut", "size change"
 
 
 def resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -85,76 +88,125 @@ def full_resolution(coords: np.ndarray, valid: np.ndarray, size: tuple[int, int]
     return full.astype(np.float32), ok
 
 
+class Step(NamedTuple):
+    """One flow step from an image to the next one of its sequence, at the images' full size."""
+
+    coords: np.ndarray  # float32 [H, W, 2]: where each pixel of the next image lies in the current one
+    consistent: np.ndarray  # bool [H, W]: forward and backward flow agree there (and it is in frame)
+    share: float  # consistent.mean() at the working resolution
+    motion: float  # median displacement of the next image's pixels / the longer side
+
+
 class FlowTracker:
-    """Chains of dense flow along sequences, memoised (least recently used first out).
+    """Masks carried along sequences by dense flow, one step per pair of consecutive images,
+    memoised (least recently used first out).
 
-    ``image_of(sequence_id, position)`` returns uint8 [H, W, 3] of a sequence's image;
-    ``track(sequence_id, anchor, position)`` returns the chain (coords, valid) from the
-    annotated image at ``anchor`` to the image at ``position`` at working resolution, or
-    None when the chain broke on the way: images of different sizes, or fewer than
-    ``min_tracked`` of the pixels still trusted."""
+    ``image_of(sequence_id, position)`` returns uint8 [H, W, 3] of a sequence's image. Flow
+    is estimated with the longer side at most ``flow_size`` (0: full size) and applied at
+    full size. ``carry(sequence_id, anchor, position, mask)`` chains the annotated image's
+    mask from ``anchor`` to ``position`` through every image in between (see
+    :mod:`.flow`); ``check`` turns on the forward-backward trust test, after which untrusted
+    pixels keep the label at their position. The chain breaks (None from there on)
+    where consecutive images differ in size or where fewer than ``min_consistent`` of a
+    step's pixels pass the trust test: nothing of the one image is found in the other, a
+    scene cut. Breaks are counted by reason in ``breaks``."""
 
-    def __init__(self, image_of: Callable[[str, int], np.ndarray], work_size: int, min_tracked: float,
-                 capacity: int = 32):
+    def __init__(self, image_of: Callable[[str, int], np.ndarray], flow_size: int, check: bool = False,
+                 min_consistent: float = 0.05, capacity: int = 64):
         self.image_of = image_of
-        self.work_size = work_size
-        self.min_tracked = min_tracked
+        self.flow_size = flow_size
+        self.check = check
+        self.min_consistent = min_consistent
         self.capacity = capacity
-        self._chains: OrderedDict = OrderedDict()
+        self._labels: OrderedDict = OrderedDict()
+        self._steps: OrderedDict = OrderedDict()
         self._greys: OrderedDict = OrderedDict()
+        self._measures: dict = {}  # step key -> (share, motion), kept after the step is evicted
+        self._broken: dict = {}  # (sequence, anchor, position) where a chain broke -> reason
 
-    def _remember(self, store: OrderedDict, key, value):
+    def _remember(self, store: OrderedDict, key, value, capacity: int | None = None):
         store[key] = value
         store.move_to_end(key)
-        while len(store) > self.capacity:
+        while len(store) > (capacity or self.capacity):
             store.popitem(last=False)
 
     def small_grey(self, sequence_id: str, position: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """(grey uint8 [h, w] at working resolution, full size (H, W)) of one image."""
+        """(grey uint8 [h, w] at the flow's working resolution, full size (H, W)) of one image."""
         key = (sequence_id, position)
         if key not in self._greys:
             image = self.image_of(sequence_id, position)
-            small = shrink(grey(image), work_scale(image.shape[:2], self.work_size))
-            self._remember(self._greys, key, (small, image.shape[:2]))
+            small = shrink(grey(image), work_scale(image.shape[:2], self.flow_size))
+            self._remember(self._greys, key, (small, image.shape[:2]), 8)
         self._greys.move_to_end(key)
         return self._greys[key]
 
-    def track(self, sequence_id: str, anchor: int, position: int):
-        direction = 1 if position >= anchor else -1
-        start, state = anchor, None
-        for known in range(position, anchor - direction, -direction):  # nearest memoised link
-            if (sequence_id, anchor, known) in self._chains:
-                start, state = known, self._chains[(sequence_id, anchor, known)]
-                self._chains.move_to_end((sequence_id, anchor, known))
-                break
-        else:
-            small, _ = self.small_grey(sequence_id, anchor)
-            state = (identity_coords(small.shape), np.ones(small.shape, dtype=bool))
-            self._remember(self._chains, (sequence_id, anchor, anchor), state)
-        for following in range(start + direction, position + direction, direction):
-            if state is not None:
-                state = self._step(sequence_id, anchor, following - direction, following, state)
-            self._remember(self._chains, (sequence_id, anchor, following), state)
-        return state
-
-    def _step(self, sequence_id: str, anchor: int, previous: int, position: int, state):
-        """The chain extended from the image at ``previous`` to the one at ``position``."""
+    def step(self, sequence_id: str, previous: int, position: int) -> Step | None:
+        """The flow step from the image at ``previous`` to the one at ``position`` (any two
+        images of the sequence, usually neighbours); None when their sizes differ."""
+        key = (sequence_id, previous, position)
+        if key in self._steps:
+            self._steps.move_to_end(key)
+            return self._steps[key]
         current, current_size = self.small_grey(sequence_id, previous)
         following, following_size = self.small_grey(sequence_id, position)
         if current_size != following_size:
-            return None
-        step, consistent = step_back(current, following)
-        coords, valid = chain(*state, step, consistent, self.small_grey(sequence_id, anchor)[0].shape)
-        return (coords, valid) if valid.mean() >= self.min_tracked else None
+            found = None
+        else:
+            coords, consistent = step_back(current, following)
+            moved = np.linalg.norm(coords - identity_coords(following.shape), axis=-1)
+            share, motion = float(consistent.mean()), float(np.median(moved)) / max(following.shape)
+            found = Step(*full_resolution(coords, consistent, following_size), share, motion)
+        self._measures[key] = (0.0, float("inf")) if found is None else (found.share, found.motion)
+        self._remember(self._steps, key, found, 4)  # full-size flow fields are large
+        return found
+
+    def measures(self, sequence_id: str, previous: int, position: int) -> tuple[float, float]:
+        """(share of pixels passing the trust test, median displacement / longer side) of a
+        step; (0, inf) when the sizes differ."""
+        key = (sequence_id, previous, position)
+        if key not in self._measures:
+            self.step(sequence_id, previous, position)
+        return self._measures[key]
+
+    def typical(self, sequence_id: str, length: int, steps: int = 16) -> tuple[float, float]:
+        """Medians of :meth:`measures` over up to ``steps`` steps between consecutive images,
+        spread evenly over a sequence of ``length`` images ((1, 0) for a single image)."""
+        if length < 2:
+            return 1.0, 0.0
+        starts = np.unique(np.linspace(0, length - 2, min(steps, length - 1)).round().astype(int))
+        found = np.array([self.measures(sequence_id, int(k), int(k) + 1) for k in starts])
+        return float(np.median(found[:, 0])), float(np.median(found[:, 1]))
 
     def carry(self, sequence_id: str, anchor: int, position: int, mask: np.ndarray) -> np.ndarray | None:
-        """uint8 [H, W] ``mask`` of the annotated image carried onto the image at
-        ``position`` (255 where untrusted), or None when the chain broke."""
-        chained = self.track(sequence_id, anchor, position)
-        if chained is None:
+        """uint8 [H, W]: ``mask`` of the image at ``anchor`` chained onto the image at
+        ``position``, or None when the chain broke on the way."""
+        if mask.shape != tuple(self.small_grey(sequence_id, anchor)[1]):
             return None
-        _, size = self.small_grey(sequence_id, position)
-        if mask.shape != tuple(size):
+        direction = 1 if position >= anchor else -1
+        start, label = anchor, mask
+        for known in range(position, anchor, -direction):  # nearest memoised link
+            key = (sequence_id, anchor, known)
+            if key in self._labels:
+                start, label = known, self._labels[key]
+                self._labels.move_to_end(key)
+                break
+        for following in range(start + direction, position + direction, direction):
+            if label is not None:
+                label = self._extend(sequence_id, anchor, following - direction, following, label)
+            self._remember(self._labels, (sequence_id, anchor, following), label)
+        return label
+
+    def _extend(self, sequence_id: str, anchor: int, previous: int, position: int,
+                label: np.ndarray) -> np.ndarray | None:
+        """The label carried onto ``previous`` moved one step on, or None where the chain breaks."""
+        step = self.step(sequence_id, previous, position)
+        reason = SIZE_CHANGE if step is None else CUT if step.share < self.min_consistent else None
+        if reason is not None:
+            self._broken[(sequence_id, anchor, position)] = reason
             return None
-        coords, valid = full_resolution(*chained, size)
-        return carry_along(mask, coords, valid)
+        keep = ~step.consistent & inside(step.coords, label.shape) if self.check else None
+        return carry_step(label, step.coords, keep)
+
+    def breaks(self) -> dict[str, int]:
+        """Chains broken so far, by reason."""
+        return dict(Counter(self._broken.values()))

@@ -47,28 +47,37 @@ def _dataset(data, split):
 @click.option("--ratio", default=0.99, show_default=True, help="Link threshold: ratio x best similarity ...")
 @click.option("--running-mean/--no-running-mean", default=True, show_default=True,
               help="... or the running mean of best similarities, whichever is higher.")
-def build(data, split, out, embedder, overrides, pca, window, ratio, running_mean):
+@click.option("--by", type=click.Choice(["similarity", "subject"]), default="similarity", show_default=True,
+              help="similarity: SChISM; subject: one sequence per subject (a video's clip), representative "
+                   "its middle image (embedder, PCA, window and ratio are not used).")
+@click.option("--split-gap", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --by subject: start a new sequence where the time step exceeds this many times "
+                   "the subject's median step (0 = never).")
+def build(data, split, out, embedder, overrides, pca, window, ratio, running_mean, by, split_gap):
     """Find sequences of similar images per subject (SChISM) and write SEQ.json.
 
     Images need ``subject`` and ``time`` (ISO 8601, or a number of days) columns; those
     without stay unsequenced and are reported.
 
     Example: plabel sequence build --data evolving/index.csv --out seq.json
+    Video clips: plabel sequence build --data video/index.csv --by subject --out seq.json
     """
     from plabel_kit.plugins import get_registry
 
-    from .seqfile import build_sequences, sequence_params, write_json_atomic
+    from .seqfile import build_sequences, build_subject_sequences, sequence_params, write_json_atomic
 
     try:
         params = sequence_params(pca, window, ratio, running_mean)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     dataset = _dataset(data, split)
-    component = get_registry().build("embedder", {"type": embedder, **parse_overrides(overrides)})
+    component = (get_registry().build("embedder", {"type": embedder, **parse_overrides(overrides)})
+                 if by == "similarity" else None)
     from plabel_kit.labelset import exclusive_file
 
     with exclusive_file(out, "sequences file"):  # one writer at a time: a second one stops at once
-        document = build_sequences(dataset, component, params, progress=not _quiet())
+        document = (build_sequences(dataset, component, params, progress=not _quiet()) if component is not None
+                    else build_subject_sequences(dataset, split_gap))
         write_json_atomic(out, document)
     skipped = {k: v for k, v in document["not_sequenceable"].items() if v}
     for reason, ids in skipped.items():

@@ -1,14 +1,21 @@
-"""Dense optical flow (OpenCV DIS) chained along a time-ordered sequence.
+"""Dense optical flow (OpenCV DIS) between consecutive images, and carrying a label map
+from one image to the next with it.
 
-A chain carries coordinates: for every pixel of the current image, where it lies in the
-annotated image (``coords`` float32 [H, W, 2], (x, y)) and whether that is still trusted
-(``valid`` bool [H, W]). Each step to the next image composes the chain with the flow
-from the next image back to the current one; pixels failing the forward-backward check
-(occlusions, mismatches) or leaving the frame stop being trusted.
+A mask is chained frame by frame (the plain flow chain of mask propagation): for every
+pixel of the next image, the flow from the next image back to the current one says where
+it was; the pixel takes the label carried there (nearest). Pixels whose match lies outside
+the current frame show content entering the view and get background. With the trust test
+on, pixels whose forward and backward flows disagree (occlusions, mismatches) keep the
+label carried at their position instead.
+
+Flow: Kroeger et al., "Fast optical flow using dense inverse search", ECCV 2016, as
+``cv2.DISOpticalFlow`` (medium preset). Trust test: Sundaram et al., "Dense point
+trajectories by GPU-accelerated large displacement optical flow", ECCV 2010.
 """
 from __future__ import annotations
 
 import numpy as np
+
 
 def _dis():
     import cv2
@@ -58,19 +65,13 @@ def step_back(current: np.ndarray, following: np.ndarray) -> tuple[np.ndarray, n
     return coords, (mismatch <= tolerance) & inside(coords, current.shape)
 
 
-def chain(coords: np.ndarray, valid: np.ndarray, step: np.ndarray, consistent: np.ndarray,
-          annotated_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Compose a chain (coords [h, w, 2] into the annotated image, valid [h, w] of the
-    current image) with one step (coords [H, W, 2] into the current image, consistent
-    [H, W] of the next image): returns the next image's (coords [H, W, 2], valid [H, W])."""
-    composed = sample(coords, step, border=-1.0)
-    still = sample(valid.astype(np.uint8), step, nearest=True).astype(bool)
-    return composed, consistent & still & inside(composed, annotated_size)
-
-
-def carry_along(mask: np.ndarray, coords: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """uint8 [H, W]: the annotated image's ``mask`` [h, w] read at ``coords`` [H, W, 2]
-    (nearest), 255 where the chain is not trusted."""
-    carried = sample(mask, coords, nearest=True, border=255)
-    carried[~valid] = 255
-    return carried
+def carry_step(label: np.ndarray, coords: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [H, W]: the label map carried onto the current image (``label`` [H, W]) moved
+    onto the next one: read at ``coords`` [H, W, 2] (where each next-image pixel lies in the
+    current image; nearest); pixels whose match lies outside the current frame are content
+    entering the view and get background (0). Where ``keep`` [H, W] is true (pixels failing
+    the trust test, when it is on), the label at the same position is kept instead."""
+    moved = sample(label, coords, nearest=True, border=0)
+    if keep is not None:
+        moved = np.where(keep, label, moved)
+    return moved.astype(np.uint8)

@@ -1,7 +1,8 @@
 """The sequences file (SEQ.json): building it from a dataset, reading it, describing it.
 
 ```
-{"sequences": [{"id", "subject", "images": [ids in time order], "representative": medoid id}],
+{"sequences": [{"id", "subject", "images": [ids in time order], "representative": medoid id
+                (middle image with --by subject)}],
  "unsequenced": [ids],                      singletons and images that cannot be sequenced
  "not_sequenceable": {reason: [ids]},       no subject, no time, unreadable time
  "params": {...}, "embedder": {"type", "config"}, "dataset": {"source", "fingerprint", "images"}}
@@ -18,7 +19,7 @@ import numpy as np
 from plabel_kit import DataError
 from plabel_kit.progress import track
 
-from .sequencing import connected_groups, medoid, parse_time, pca_project, subject_links
+from .sequencing import connected_groups, medoid, parse_time, pca_project, split_at_gaps, subject_links
 
 FORMAT_VERSION = 1
 MISSING_SUBJECT, MISSING_TIME, BAD_TIME = "no subject", "no time", "unreadable time"
@@ -93,6 +94,37 @@ def build_sequences(dataset, embedder, params: dict, progress: bool = True) -> d
         "not_sequenceable": skipped,
         "params": params,
         "embedder": {"type": embedder.name, "config": embedder.config()},
+        "dataset": {"source": dataset.source, "fingerprint": dataset.fingerprint(), "images": len(dataset)},
+    }
+
+
+def build_subject_sequences(dataset, split_gap: float = 0.0) -> dict:
+    """The SEQ.json document with one sequence per subject (``--by subject``): for data whose
+    subjects are clips of a video rather than things photographed over days. Images in time
+    order; the representative is the middle one (``len // 2``), from which a mask carried
+    both ways travels least. ``split_gap`` > 0 starts a new sequence where the time step
+    exceeds ``split_gap`` x the subject's median step. Runs of one image stay unsequenced."""
+    usable, skipped = _timed(dataset)
+    usable.sort()
+    per_subject: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for subject, time, image_id in usable:
+        per_subject[subject].append((time, image_id))
+    sequences, sequenced = [], set()
+    for subject in sorted(per_subject):
+        items = per_subject[subject]
+        runs = split_at_gaps(np.array([t for t, _ in items]), split_gap)
+        for k, run in enumerate(r for r in runs if len(r) > 1):
+            ids = [items[i][1] for i in run]
+            sequences.append({"id": f"{subject}-{k + 1:04d}", "subject": subject, "images": ids,
+                              "representative": ids[len(ids) // 2]})
+            sequenced.update(ids)
+    return {
+        "format_version": FORMAT_VERSION,
+        "sequences": sequences,
+        "unsequenced": [s.id for s in dataset.samples if s.id not in sequenced],
+        "not_sequenceable": skipped,
+        "params": {"by": "subject", "split_gap": float(split_gap)},
+        "embedder": None,
         "dataset": {"source": dataset.source, "fingerprint": dataset.fingerprint(), "images": len(dataset)},
     }
 

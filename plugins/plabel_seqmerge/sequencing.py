@@ -129,6 +129,19 @@ def connected_groups(n: int, links) -> list[list[int]]:
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
 
 
+def split_at_gaps(times: np.ndarray, factor: float) -> list[np.ndarray]:
+    """Indices of ``times`` (float [N], sorted) in runs: a new run starts where the step
+    from the previous time exceeds ``factor`` x the median step (a pause in a recording,
+    e.g. two shots of one clip); ``factor`` 0 = one run. Returns int arrays, in order."""
+    times = np.asarray(times, dtype=np.float64)
+    if factor <= 0 or len(times) < 3:
+        return [np.arange(len(times))]
+    steps = np.diff(times)
+    typical = float(np.median(steps))
+    cuts = np.flatnonzero(steps > factor * typical) + 1 if typical > 0 else np.array([], dtype=np.int64)
+    return [run for run in np.split(np.arange(len(times)), cuts) if len(run)]
+
+
 def medoid(features: np.ndarray) -> int:
     """Index of the row with the highest summed cosine similarity to the others
     (features float [N, D], N >= 1); ties (to 1e-6, float32 noise) go to the earlier row."""

@@ -17,6 +17,7 @@ from .annotations import annotation_path, read_annotation
 from .homography import FEATURES, HomographyParams
 from .merge import MERGES, class_thresholds, merge, precision_counts, score_of_label
 from .seqfile import check_against, read_sequences
+from .sequencing import parse_time
 
 UNSEQUENCED, NOT_IN_FILE = "unsequenced", "not in sequences file"
 MISSING, BAD_SIZE = "annotation missing", "annotation size differs"
@@ -64,9 +65,17 @@ class SeqMerge(LabelSource):
     Every image of a sequence gets the manual mask of the sequence's annotated image,
     carried onto it (``align``: ``none`` = resize only, as the paper; ``homography`` =
     ``features`` + ratio test + RANSAC with sanity checks; ``flow`` = DIS optical flow
-    chained along the time-ordered sequence from the annotated image, forward-backward
-    checked). Each falls back to the next simpler one when it fails, and pixels it cannot
-    place (outside the warped frame, untracked) take the next simpler one's label.
+    chained along the time-ordered sequence from the annotated image, image by image, every
+    pixel taking the label the chain carries to it (content entering the frame:
+    background; ``flow_check``: pixels failing the forward-backward trust test keep the
+    label carried at their position); ``auto`` = ``flow`` for dense
+    sequences (between consecutive images the median pixel moves at most ``auto_motion`` of
+    the longer side and at least ``auto_share`` of the pixels pass the trust test; medians
+    over up to 16 steps; calendar times, where given, at most ``auto_max_gap`` seconds
+    apart), else ``homography``). A flow chain breaks at
+    a size change or a scene cut (fewer than ``min_consistent`` of a step's pixels pass the
+    trust test); a homography fails when none is plausible; each then falls back to the
+    next simpler alignment, and pixels outside a warped frame take the resized mask's label.
     Then the carried mask is merged with the image's CAM labels (``merge``: ``paper`` =
     Equation 1: a pixel takes the CAM class where CAM assigns a class and the carried mask
     does not; ``confident`` = the same with only confident CAM pixels: normalised score >=
@@ -85,7 +94,7 @@ class SeqMerge(LabelSource):
     sequences: str | None = None
     annotations: str | None = None
     cam: str | None = None
-    align: str = "homography"
+    align: str = "auto"
     merge: str = "confident"
     confidence: float = 0.30
     min_precision: float = 0.5
@@ -96,8 +105,13 @@ class SeqMerge(LabelSource):
     ransac_threshold: float = 3.0
     min_inliers: int = 8
     max_scale: float = 2.0
-    min_tracked: float = 0.5
+    flow_check: bool = False
+    min_consistent: float = 0.05
+    auto_motion: float = 0.05
+    auto_share: float = 0.2
+    auto_max_gap: float = 60.0
     work_size: int = 640
+    flow_size: int = 1024
 
     def __post_init__(self):
         missing = [name for name in self.inputs if not getattr(self, name)]
@@ -113,12 +127,20 @@ class SeqMerge(LabelSource):
             raise ValueError("confidence must be in [0, 1] (CAM scores are normalised)")
         if not 0 <= self.min_precision <= 1:
             raise ValueError("min_precision must be in [0, 1] (0 = off)")
+        if self.auto_max_gap < 0:
+            raise ValueError("auto_max_gap must be >= 0 (seconds)")
+        for name in ("min_consistent", "auto_share", "auto_motion"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1] (a share of pixels, of the image side)")
         self._homography = HomographyParams(self.features, self.max_features, self.contrast_threshold, self.ratio_test,
                                             self.ransac_threshold, self.min_inliers, self.max_scale)
         self._counts: Counter = Counter()
         self._aligned: Counter = Counter()
         self._fallbacks: Counter = Counter()
         self._filled: Counter = Counter()
+        self._choices: dict[str, dict] = {}  # align=auto: sequence id -> {"align", "consistent_share"}
+        self._tracker = None
+        self._breaks: dict[str, int] = {}
         self._problems: dict[str, list] = {MISSING: [], BAD_SIZE: []}
         self._place: dict[str, tuple[dict, int]] = {}
         self._annotated: dict[str, list[tuple[int, Path]]] = {}
@@ -164,7 +186,7 @@ class SeqMerge(LabelSource):
             self._calibrate()
         self._images = _Cache(16)
         self._masks = _Cache(16)
-        self._tracker = FlowTracker(self._sequence_image, self.work_size, self.min_tracked)
+        self._tracker = FlowTracker(self._sequence_image, self.flow_size, self.flow_check, self.min_consistent)
 
     def _check_size(self, path: Path, image_id: str) -> bool:
         """Read (validate) one annotation; False, reported, when its size is not its image's."""
@@ -223,18 +245,59 @@ class SeqMerge(LabelSource):
     def _align(self, method: str, sequence: dict, anchor: int, position: int, mask: np.ndarray,
                target: np.ndarray) -> np.ndarray | None:
         if method == "flow":
-            return self._tracker.carry(sequence["id"], anchor, position, mask)
+            carried = self._tracker.carry(sequence["id"], anchor, position, mask)
+            return None if carried is None else carried.copy()  # the tracker keeps its own
         if method == "homography":
             return carry_homography(self._sequence_image(sequence["id"], anchor), mask, target,
                                     self._homography, self.work_size)
         return resize_nearest(mask, target.shape[:2])
 
+    def _time_step(self, sequence: dict) -> float | None:
+        """Median seconds between consecutive images when every image's ``time`` is a calendar
+        time (ISO 8601); None when any is a plain number (days, or a frame number: the unit
+        is not known) or missing."""
+        times = []
+        for image_id in sequence["images"]:
+            raw = str(self._dataset[image_id].meta.get("time") or "").strip()
+            try:
+                float(raw)
+            except ValueError:
+                pass
+            else:
+                return None
+            days = parse_time(raw)
+            if days is None:
+                return None
+            times.append(days)
+        return float(np.median(np.diff(times))) * 86400.0 if len(times) > 1 else None
+
+    def _choose(self, sequence: dict) -> str:
+        """``align=auto``: flow for dense sequences, homography for the rest. Dense: between
+        consecutive images the typical pixel moves at most ``auto_motion`` (1/20) of the
+        longer image side and at least ``auto_share`` (1/5) of the pixels pass the
+        forward-backward trust test (medians over up to 16 evenly spread steps), and, where
+        the images have calendar times, they were taken at most ``auto_max_gap`` seconds
+        apart (median). Frames of a video, or photos seconds apart, move a few percent at
+        most; photos taken days apart from a camera set up again usually move more, and
+        their times say so even when two of them happen to line up."""
+        if sequence["id"] not in self._choices:
+            share, motion = self._tracker.typical(sequence["id"], len(sequence["images"]))
+            gap = self._time_step(sequence)
+            dense = (motion <= self.auto_motion and share >= self.auto_share
+                     and (gap is None or gap <= self.auto_max_gap))
+            self._choices[sequence["id"]] = {"align": "flow" if dense else "homography",
+                                             "consistent_share": round(share, 4), "motion": round(motion, 4),
+                                             "time_step_s": None if gap is None else round(gap, 3)}
+        return self._choices[sequence["id"]]["align"]
+
     def _carry(self, sequence: dict, anchor: int, position: int, mask: np.ndarray, target: np.ndarray,
                method: str | None = None, counted: bool = True) -> np.ndarray:
-        """The mask carried by ``method`` (default ``align``), falling back to the next simpler
-        method when it fails; pixels it cannot place (outside the warped frame, untracked)
-        take the next simpler method's label."""
+        """The mask carried by ``method`` (default ``align``, resolved per sequence for
+        ``auto``), falling back to the next simpler method when it fails; pixels outside a
+        warped frame take the resized mask's label (a flow chain places every pixel)."""
         method = method or self.align
+        if method == "auto":
+            method = self._choose(sequence)
         while True:
             carried = self._align(method, sequence, anchor, position, mask, target)
             if carried is not None:
@@ -245,7 +308,7 @@ class SeqMerge(LabelSource):
         if counted:
             self._aligned[method] += 1
         holes = carried == 255
-        if method != "none" and holes.any():
+        if method == "homography" and holes.any():
             simpler = self._carry(sequence, anchor, position, mask, target, FALLBACK[method], counted=False)
             carried[holes] = simpler[holes]
             if counted:
@@ -282,6 +345,8 @@ class SeqMerge(LabelSource):
         return [PseudoLabel(self._label(sample)) for sample in samples]
 
     def close(self) -> None:
+        if self._tracker is not None:
+            self._breaks = self._tracker.breaks()
         self._images = self._masks = self._tracker = None
 
     def summary(self) -> dict:
@@ -291,6 +356,10 @@ class SeqMerge(LabelSource):
             "alignment": dict(self._aligned),
             "fallbacks": dict(self._fallbacks),
             "pixels_from_simpler_alignment": dict(self._filled),
+            "flow_breaks": self._tracker.breaks() if self._tracker is not None else self._breaks,
+            "auto": {"flow": sum(c["align"] == "flow" for c in self._choices.values()),
+                     "homography": sum(c["align"] == "homography" for c in self._choices.values()),
+                     "sequences": self._choices} if self.align == "auto" else {},
             "cam_thresholds": self._calibration,
             "missing_annotations": self._problems[MISSING],
             "annotation_size_differs": self._problems[BAD_SIZE],
