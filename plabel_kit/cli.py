@@ -1,73 +1,21 @@
 """The ``plabel`` command line. Runtime failures: one line, exit code 1."""
 from __future__ import annotations
 
-import errno
 import inspect
 import json
 import os
 import sys
-import traceback
 from pathlib import Path
 
 import click
 
 from . import __version__
+from .commands import (GroupCommandRunner, PlabelGroup, config_option, data_options, out_option, parse_overrides,
+                       set_option)
 from .errors import PlabelError
 from .interfaces import KINDS
-from .registry import KIND_TITLES, did_you_mean
-
-
-class PlabelGroup(click.Group):
-    """Turns PlabelError, and an OSError of a file the command could not write (disk full, no
-    permission, read-only), into a one-line ClickException; ``plabel --debug`` (or
-    ``PLABEL_DEBUG=1``) prints the traceback before it."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except PlabelError as exc:
-            _debug_traceback(ctx, exc)
-            raise click.ClickException(str(exc)) from None
-        except OSError as exc:
-            if exc.errno not in _FILE_ERRNOS:
-                raise
-            _debug_traceback(ctx, exc)
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
-
-
-_FILE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def _debug_traceback(ctx, exc: BaseException):
-    if ctx.find_root().params.get("debug") or os.environ.get("PLABEL_DEBUG"):
-        traceback.print_exception(exc, file=sys.stderr)
-
-
-# ---- options defined once ------------------------------------------------------------
-
-def data_options(f):
-    f = click.option("--split", default=None, help="Split of a VOC root (default train).")(f)
-    return click.option("--data", "data", required=True, type=click.Path(),
-                        help="CSV index file or VOC 2012 root folder.")(f)
-
-
-config_option = click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
-                             help="Parameters from an mmengine-style .py (or .json) config; --set overrides.")
-set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                          help="Component parameter, repeatable (see `plabel components`).")
-out_option = click.option("--out", required=True, type=click.Path(file_okay=False),
-                          help="Label set folder to write (resumes if it exists).")
-
-
-def parse_overrides(values) -> dict:
-    params = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        params[key.strip()] = value
-    return params
+from .hookspecs import REGISTER_HOOKS
+from .registry import KIND_PLURALS, KIND_TITLES, did_you_mean
 
 
 def _dataset(data, split):
@@ -127,30 +75,33 @@ def synth_options(default_n):
     return decorate
 
 
-@synth.command("scenes")
-@synth_options(200)
-def synth_scenes(out, n, size, seed):
+def _synth_images_command(name: str, default_n: int, generator: str, written: str, doc: str):
+    """``plabel synth NAME OUT --n --size --seed``: ``plabel_kit.synth.<generator>`` writes
+    OUT; the command prints ``wrote N <written>: <index>``."""
+
+    @synth.command(name, help=doc)
+    @synth_options(default_n)
+    def command(out, n, size, seed):
+        from . import synth as generators
+
+        index = getattr(generators, generator)(out, n=n, size=size, seed=seed, progress=not _quiet())
+        click.echo(f"wrote {n} {written}: {index}")
+
+    return command
+
+
+synth_scenes = _synth_images_command(
+    "scenes", 200, "make_scenes", "scenes",
     """Multi-class scenes of textured shapes: OUT/index.csv, classes.json, images/, masks/.
 
     Example: plabel synth scenes /tmp/scenes --n 60
-    """
-    from .synth import make_scenes
-
-    index = make_scenes(out, n=n, size=size, seed=seed, progress=not _quiet())
-    click.echo(f"wrote {n} scenes: {index}")
-
-
-@synth.command("evolving")
-@synth_options(300)
-def synth_evolving(out, n, size, seed):
+    """)
+synth_evolving = _synth_images_command(
+    "evolving", 300, "make_evolving", "evolving images",
     """Subjects photographed over many days while they change (subject, time, view columns).
 
     Example: plabel synth evolving /tmp/e --n 60
-    """
-    from .synth import make_evolving
-
-    index = make_evolving(out, n=n, size=size, seed=seed, progress=not _quiet())
-    click.echo(f"wrote {n} evolving images: {index}")
+    """)
 
 
 @synth.command("video")
@@ -292,9 +243,8 @@ def plugins(as_json):
     for column in ("plugin", "package", "version", "registers", "status"):
         table.add_column(column)
     for row in rows:
-        registered = "; ".join(f"{KIND_TITLES[k]}s: {', '.join(v)}" for k, v in row["components"].items())
-        others = [h for h in row["hooks"] if h not in ("register_label_sources", "register_refiners",
-                                                       "register_combiners", "register_embedders")]
+        registered = "; ".join(f"{KIND_PLURALS[k]}: {', '.join(v)}" for k, v in row["components"].items())
+        others = [h for h in row["hooks"] if h not in REGISTER_HOOKS]
         registered = "; ".join(filter(None, [registered, ", ".join(others)]))
         table.add_row(row["name"], row["package"], row["version"], registered or "-", row["status"])
     _console().print(table)
@@ -312,7 +262,7 @@ def _kind_choice(value):
         return None
     aliases = {k: k for k in KINDS} | {"source": "label_source", "sources": "label_source",
                                        "refiners": "refiner", "combiners": "combiner",
-                                       "embedders": "embedder"}
+                                       "embedders": "embedder", "affinities": "affinity"}
     if value not in aliases:
         raise click.BadParameter(f"{value!r} is not a kind{did_you_mean(value, aliases)} "
                                  f"(kinds: {', '.join(KINDS)})", param_hint="--kind")
@@ -320,7 +270,7 @@ def _kind_choice(value):
 
 
 @cli.command()
-@click.option("--kind", callback=lambda ctx, p, v: _kind_choice(v), help="label_source, refiner, combiner or embedder.")
+@click.option("--kind", callback=lambda ctx, p, v: _kind_choice(v), help="label_source, refiner, combiner, embedder, affinity.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def components(kind, as_json):
     """List components: name, kind, plugin and parameters with defaults.
@@ -506,7 +456,7 @@ cli.add_command(ComponentGroup("combine", kind="combiner", make_command=_make_co
                                help="Run a combiner: plabel combine NAME --data D --in LS1 --in LS2 --out LS."))
 
 
-# ---- pipelines, report, demo -----------------------------------------------------------
+# ---- pipelines, report -----------------------------------------------------------------
 
 def _labels_by_title(values) -> dict:
     """``--labels PATH`` or ``--labels TITLE=PATH`` (repeatable) -> {title: path}."""
@@ -547,7 +497,7 @@ def run_pipeline(pipeline, data, work, start, stop, overrides, dry_run):
     from .pipeline import Runner, load_pipeline
 
     runner = Runner(load_pipeline(pipeline, parse_overrides(overrides)), data, work, progress=not _quiet(),
-                    echo=click.echo)
+                    echo=click.echo, commands=GroupCommandRunner(cli))
     if dry_run:  # the same checks as a run, so a dry run finds what a run would stop on
         for stage, action in runner.check(start, stop):
             click.echo(f"{stage.name:20s} {stage.step:9s} {action}")
@@ -577,43 +527,6 @@ def report(data, split, label_sets, out, n, provenance, title):
     page = write_report(_dataset(data, split), _labels_by_title(label_sets), out, n=n, provenance=provenance,
                         progress=not _quiet(), title=title)
     click.echo(f"report: {page}")
-
-
-def shipped_configs() -> Path:
-    """The repository's configs/ folder (plabel is installed editable, as the README says)."""
-    return Path(__file__).resolve().parents[1] / "configs"
-
-
-@cli.command()
-@click.option("--out", default="demo_out", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the data, the pipeline's work dir and the report.")
-@click.option("--n", default=240, show_default=True, type=click.IntRange(min=60),
-              help="Synthetic training images (a test set of half as many is made too).")
-@click.option("--size", default=64, show_default=True, type=click.IntRange(min=32), help="Image side in pixels.")
-@click.option("--iters", type=click.IntRange(min=1), help="Segmenter iterations (default: the pipeline's).")
-def demo(out, n, size, iters):
-    """Seed 000 end to end on synthetic data: evolving subjects, sequences, one simulated
-    annotation per sequence, CAM, sequence merge, U-Nets (VGG-16 and ResNet-50 encoders)
-    trained on each Table 1 row, the table, and an HTML report. Rerun to resume.
-
-    Example: plabel demo --out demo_out    (about 10 minutes on 2 CPU cores)
-    """
-    from .pipeline import Runner, load_pipeline
-    from .synth import make_evolving
-
-    out = Path(out)
-    progress = not _quiet()
-    data, test = out / "data" / "index.csv", out / "test" / "index.csv"
-    if not data.is_file():
-        make_evolving(data.parent, n=n, size=size, seed=0, progress=progress)
-    if not test.is_file():
-        make_evolving(test.parent, n=n // 2, size=size, seed=1, progress=progress)
-    overrides = {"test_data": str(test.resolve())}
-    if iters is not None:
-        overrides["seg_iters"] = iters
-    pipeline = load_pipeline(shipped_configs() / "pipelines" / "evolving_seqmerge_small.py", overrides)
-    Runner(pipeline, data.resolve(), out / "work", progress=progress, echo=click.echo).run()
-    click.echo(f"report: {out / 'work' / 'report' / 'index.html'}")
 
 
 def _load_plugin_commands():

@@ -47,6 +47,12 @@ def register_embedders(register: Register) -> None:
 
 
 @hookspec
+def register_affinities(register: Register) -> None:
+    """Register pixel affinities (dataclass subclasses of :class:`plabel_kit.Affinity`), as
+    above: what the ``randomwalk`` refiner walks over (``--set affinity=NAME``)."""
+
+
+@hookspec
 def register_commands(cli) -> None:
     """Add click commands or groups to the ``plabel`` group ``cli`` (``cli.add_command``).
 
@@ -66,4 +72,5 @@ REGISTER_HOOKS = {
     "register_refiners": "refiner",
     "register_combiners": "combiner",
     "register_embedders": "embedder",
+    "register_affinities": "affinity",
 }

@@ -105,9 +105,32 @@ class Embedder(Component):
         raise NotImplementedError
 
 
+class Affinity(Component):
+    """Pixel-pair affinities on a random walk's grid: what the ``randomwalk`` refiner walks
+    over (``--set affinity=NAME``). The walk grid has cells of ``stride`` x ``stride`` pixels;
+    pairs are those of :func:`plabel_kit.toolkit.affinity.neighbour_offsets` (``radius``)."""
+
+    kind = "affinity"
+
+    def fit(self, dataset: "Dataset", labels: "LabelSet", workdir: Path) -> None:
+        """Train on the refiner's input label set (trainable affinities, e.g. AffinityNet);
+        ``workdir`` keeps checkpoints for resume. Nothing to do by default."""
+
+    def walk_inputs(self, sample: Sample, scores: np.ndarray, stride: int,
+                    radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """The two inputs of the walk for ``sample``: (affinity float [D, h, w] in 0..1, the
+        score planes to walk float [K, h, w]). ``scores`` float [K, h, w] are the input's planes
+        on the walk grid (h, w) = ``scores.shape[1:]``; return them unchanged unless the
+        affinity reweighs them (IRN's boundary affinity multiplies them by 1 - boundary).
+        Entry [d, y, x] links cell (y, x) with (y + dy_d, x + dx_d), (dy_d, dx_d) =
+        ``neighbour_offsets(radius)[d]``; 0 where that cell lies off the grid."""
+        raise NotImplementedError
+
+
 KINDS: dict[str, type[Component]] = {
     "label_source": LabelSource,
     "refiner": Refiner,
     "combiner": Combiner,
     "embedder": Embedder,
+    "affinity": Affinity,
 }

@@ -8,7 +8,9 @@ each stage is a dict with a ``name`` (its folder under the work dir) and a ``ste
 - ``refine``: ``input`` (a label set) and ``type`` + parameters of a refiner;
 - ``combine``: ``inputs``, optional ``select_on`` (a labelled dataset), ``type`` + parameters;
 - ``command``: ``run``, one ``plabel`` command line (a list of arguments) or a list of them,
-  for steps that plugins add as commands (``plabel sequence ...``, ``plabel segment ...``);
+  for steps that plugins add as commands (``plabel sequence ...``, ``plabel segment ...``),
+  checked and run by the ``commands`` object the Runner is given (``CommandRunner``: the
+  CLI hands one in; without it a command stage stops with an error);
 - ``evaluate``: ``labels`` {title: label set} and ``segmenters`` (rows of test scores)
   -> ``results.json`` and a table;
 - ``report``: ``labels`` {title: label set} -> an HTML page with overlays (``plabel report``).
@@ -41,6 +43,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .errors import PlabelError
 from .labelset import exclusive_folder, write_atomic
@@ -185,14 +188,30 @@ class _Unset(PlabelError):
 UNSET = type("Unset", (), {"__repr__": lambda self: "<unset>"})()
 
 
-class Runner:
-    """Runs a pipeline's stages in order under ``work``; see the module docstring."""
+class CommandRunner(Protocol):
+    """What checks and runs the command lines of ``step='command'`` stages (a list of
+    ``plabel`` arguments each); the CLI hands one to the Runner
+    (``plabel_kit.commands.GroupCommandRunner``), so that this module needs no CLI."""
 
-    def __init__(self, pipeline: Pipeline, data, work, *, progress: bool = True, echo=print):
+    def check(self, args: list) -> None:
+        """Raise PlabelError unless ``args`` names a command; arguments that are not
+        strings are not known yet (a stage this run does not reach)."""
+
+    def run(self, args: list[str]) -> None:
+        """Run one command line; raise PlabelError if it fails."""
+
+
+class Runner:
+    """Runs a pipeline's stages in order under ``work``; see the module docstring.
+    ``commands`` checks and runs command stages' lines; without it, a pipeline whose run
+    reaches a command stage stops (before anything runs) with an error that says so."""
+
+    def __init__(self, pipeline: Pipeline, data, work, *, progress: bool = True, echo=print,
+                 commands: CommandRunner | None = None):
         self.pipeline, self.work = pipeline, Path(work)
         self.variables = {**pipeline.variables, "data": str(data), "work": str(self.work),
                           "config_dir": str(pipeline.path.resolve().parent)}
-        self.progress, self.echo = progress, echo
+        self.progress, self.echo, self.commands = progress, echo, commands
         self.fingerprints: dict[str, str] = {}
         self._datasets: dict = {}
 
@@ -358,12 +377,37 @@ class Runner:
                 raise PlabelError(f"{where}: {stage.step} stages have no key {key!r}{did_you_mean(key, allowed)} "
                                   f"(keys: {', '.join(sorted(allowed))})")
         if stage.step == "command":
-            _check_command_lines(stage, spec, where)
+            self._check_command_lines(stage, spec, where, reached)
         if spec.get("labels") not in (None, UNSET) and not isinstance(spec["labels"], dict):
             raise PlabelError(f"{where}: `labels` must be a dict {{title: label set}}")
         for row in spec.get("segmenters") or []:
             if not isinstance(row, dict) or "scores" not in row:
                 raise PlabelError(f"{where}: each of `segmenters` needs `scores` (a segment test --json file)")
+
+    def _check_command_lines(self, stage: Stage, spec: dict, where: str, reached: bool):
+        """Each line of a command stage is a list of arguments whose first names a plabel
+        command (the second, a group's sub-command; ``self.commands`` checks them);
+        arguments left unset stop here, not after the stages before it ran."""
+        lines, raw = spec["run"], stage.spec["run"]
+        if not isinstance(lines, list) or not all(isinstance(a, (str, list)) or a is None or a is UNSET
+                                                  for a in lines):
+            raise PlabelError(f"{where}: `run` must be a list of plabel arguments, or a list of them")
+        if not any(isinstance(a, list) for a in lines):
+            lines, raw = [lines], [raw]
+        for args, raw_args in zip(lines, raw):
+            if not isinstance(args, list) or not args:
+                raise PlabelError(f"{where}: each line of `run` must be a non-empty list of plabel arguments")
+            unset = [r for a, r in zip(args, raw_args) if a is None]
+            if unset:
+                raise PlabelError(f"{where} needs {unset[0]} (set it with --set {str(unset[0]).strip('{}')}=...)")
+            if self.commands is None:
+                if not reached:
+                    continue  # a stage this run does not reach needs no command runner
+                raise PlabelError(_NO_COMMANDS.format(where=where))
+            try:
+                self.commands.check(args)
+            except PlabelError as exc:
+                raise PlabelError(f"{where}: {exc}") from None
 
     def _check_component(self, stage: Stage, spec: dict, where: str):
         """Build the stage's component (its __post_init__ checks values too) unless its
@@ -507,47 +551,6 @@ def _is_within(path, folder: Path) -> bool:
     return Path(path).resolve().is_relative_to(folder.resolve())
 
 
-def _check_command_lines(stage: Stage, spec: dict, where: str):
-    """Each line of a command stage is a list of arguments whose first names a plabel
-    command (the second, a group's sub-command); arguments left unset stop here, not after
-    the stages before it ran."""
-    import click
-
-    from .cli import cli
-    from .registry import did_you_mean
-
-    lines, raw = spec["run"], stage.spec["run"]
-    if not isinstance(lines, list) or not all(isinstance(a, (str, list)) or a is None or a is UNSET for a in lines):
-        raise PlabelError(f"{where}: `run` must be a list of plabel arguments, or a list of them")
-    if not any(isinstance(a, list) for a in lines):
-        lines, raw = [lines], [raw]
-    for args, raw_args in zip(lines, raw):
-        if not isinstance(args, list) or not args:
-            raise PlabelError(f"{where}: each line of `run` must be a non-empty list of plabel arguments")
-        unset = [r for a, r in zip(args, raw_args) if a is None]
-        if unset:
-            raise PlabelError(f"{where} needs {unset[0]} (set it with --set {str(unset[0]).strip('{}')}=...)")
-        group, ctx = cli, click.Context(cli)
-        for depth, name in enumerate(args[:2]):
-            if not isinstance(name, str) or name.startswith("-") or not isinstance(group, click.Group):
-                break
-            if hasattr(group, "kind"):  # a component group: the registry's own message
-                from .plugins import get_registry
-
-                try:
-                    get_registry().entry(group.kind, name)
-                except PlabelError as exc:
-                    raise PlabelError(f"{where}: {exc}") from None
-                break
-            command = group.get_command(ctx, name)
-            if command is None:
-                known = group.list_commands(ctx)
-                shown = " ".join(args[:depth + 1])
-                raise PlabelError(f"{where}: `plabel {shown}` is not a plabel command{did_you_mean(name, known)} "
-                                  f"(commands: {', '.join(known)})")
-            group = command
-
-
 def _config_files(value, work: Path) -> dict:
     """{path: sha256} of every config file (.py / .json) a resolved stage names outside the
     work dir (files in there are stages' outputs), with their ``_base_`` files: editing a
@@ -625,12 +628,16 @@ def run_combine_step(runner: Runner, stage: Stage, spec: dict) -> dict:
                                          labelled=labelled, progress=runner.progress))
 
 
+#: a command stage reached by a Runner that was given no ``commands``
+_NO_COMMANDS = ("{where}: a command stage needs a command runner, and this pipeline Runner has none "
+                "(`plabel run` gives one; in Python: Runner(..., commands=GroupCommandRunner(group)), "
+                "see plabel_kit.commands)")
+
+
 def run_command_step(runner: Runner, stage: Stage, spec: dict) -> dict:
-    """``plabel`` command lines, in this process (one after another)."""
-    import click
-
-    from .cli import cli
-
+    """``plabel`` command lines, run one after another by ``runner.commands``."""
+    if runner.commands is None:
+        raise PlabelError(_NO_COMMANDS.format(where=f"stage {stage.name!r}"))
     lines = spec.get("run")
     if not lines:
         raise PlabelError(f"stage {stage.name!r}: a command stage needs `run` (plabel arguments)")
@@ -649,13 +656,9 @@ def run_command_step(runner: Runner, stage: Stage, spec: dict) -> dict:
         try:
             # what the command prints goes to the log; the console keeps the stage lines
             with open(runner.work / LOG, "a") as printed, contextlib.redirect_stdout(printed):
-                cli.main(args=args, prog_name="plabel", standalone_mode=False)
-        except click.exceptions.Exit as exc:
-            if exc.exit_code:
-                raise PlabelError(f"stage {stage.name!r}: `plabel {' '.join(args)}` exited with {exc.exit_code}")
-        except click.ClickException as exc:
-            raise PlabelError(f"stage {stage.name!r}: `plabel {' '.join(args[:2])} ...`: {exc.format_message()}") \
-                from None
+                runner.commands.run(args)
+        except PlabelError as exc:
+            raise PlabelError(f"stage {stage.name!r}: {exc}") from None
     return {"commands": len(lines)}
 
 

@@ -13,7 +13,9 @@ from .errors import RegistryError
 from .interfaces import KINDS, Component
 
 KIND_TITLES = {"label_source": "label source", "refiner": "refiner", "combiner": "combiner",
-               "embedder": "embedder"}
+               "embedder": "embedder", "affinity": "affinity"}
+#: plural of each title, for listings ("affinities", not "affinitys")
+KIND_PLURALS = {kind: "affinities" if kind == "affinity" else f"{title}s" for kind, title in KIND_TITLES.items()}
 
 
 @dataclass(frozen=True)

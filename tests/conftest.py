@@ -117,6 +117,14 @@ def interrupt_training(args, out: Path) -> int:
     return torch.load(latest, weights_only=False)["epoch"]
 
 
+def child_cpu_seconds() -> float:
+    """CPU seconds used so far by this process's finished children (the CLI runs a test starts)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def same_weights(a: Path, b: Path) -> bool:
     """Whether two final checkpoints hold bit-identical model weights."""
     import torch

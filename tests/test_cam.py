@@ -13,16 +13,9 @@ import torch
 
 from plabel_kit import LabelSet, open_dataset
 from plabel_kit.synth import make_scenes
-from tests.conftest import REPO, interrupt_training, run_plabel, same_weights
+from tests.conftest import REPO, child_cpu_seconds, interrupt_training, run_plabel, same_weights
 
 CPU_CONFIG = REPO / "configs" / "sources" / "cam_resnet18_cpu.py"
-
-
-def _child_cpu_seconds() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +23,10 @@ def trained(tmp_path_factory):
     """The small CPU config trained on 200 synthetic scenes, as a user runs it."""
     root = tmp_path_factory.mktemp("cam")
     index = make_scenes(root / "scenes", n=200, size=128, seed=0, progress=False)
-    start, cpu_start = time.perf_counter(), _child_cpu_seconds()
+    start, cpu_start = time.perf_counter(), child_cpu_seconds()
     run_plabel("source", "cam", "--data", index, "--out", root / "cam", "--config", CPU_CONFIG, check=True)
     return {"index": index, "labels": root / "cam", "seconds": time.perf_counter() - start,
-            "cpu_seconds": _child_cpu_seconds() - cpu_start,
+            "cpu_seconds": child_cpu_seconds() - cpu_start,
             "checkpoint": root / "cam" / "work" / "cam_final.pth", "root": root}
 
 
@@ -163,7 +156,8 @@ def test_ddp_training_two_processes(tiny_scenes, tmp_path):
 
 @pytest.mark.parametrize("style", ["torchvision", "mmpretrain"])
 def test_pretrained_state_dict_loads_with_zero_missing_keys(style, tmp_path):
-    from plabel_cam.model import CamNet, load_pretrained
+    from plabel_kit.toolkit.cam import CamNet
+    from plabel_kit.toolkit.backbones import load_pretrained
 
     source = CamNet("resnet50", 20)
     weights = {k: v for k, v in source.backbone.state_dict().items()}
@@ -182,7 +176,7 @@ def test_pretrained_state_dict_loads_with_zero_missing_keys(style, tmp_path):
 
 
 def test_pretrained_through_the_cli_reports_keys(tiny_scenes, tmp_path):
-    from plabel_cam.model import CamNet
+    from plabel_kit.toolkit.cam import CamNet
 
     torch.save(CamNet("resnet18_small", 5).backbone.state_dict(), tmp_path / "small.pth")
     result = run_plabel("source", "cam", "--data", tiny_scenes, *TINY, "--set", "epochs=1",
@@ -220,7 +214,7 @@ def _changed(before, after, prefix):
 def test_pretrained_training_freezes_through_layer2_as_irn(tiny_scenes, tmp_path, monkeypatch):
     """IRN's resnet50_cam freezes conv1/bn1 and detaches layer2's output: with ImageNet weights
     only layer3, layer4 and the classifier learn. From scratch every stage trains."""
-    from plabel_cam.model import CamNet
+    from plabel_kit.toolkit.cam import CamNet
 
     dataset = open_dataset(tiny_scenes)
     torch.save(CamNet("resnet18_small", 5).backbone.state_dict(), tmp_path / "small.pth")

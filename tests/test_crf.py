@@ -118,7 +118,7 @@ def _assert_same(label_set, image_id, keys, marginals):
 
 
 def test_label_recipe_keeps_the_ignore_band_and_treats_it_as_unsure(tmp_path):
-    from plabel_crf.recipes import crf_label_map
+    from plabel_kit.toolkit.crf import crf_label_map
     from plabel_crf.refiner import DenseCRF
 
     dataset = open_dataset(_voc_subset(tmp_path, 2))
@@ -166,7 +166,7 @@ def test_crf_raises_miou_over_cam_like_scores(cli_run, scenes128, tmp_path):
 
 
 def test_label_recipe_from_scores_is_irns_threshold_then_crf(scenes):
-    from plabel_crf.recipes import crf_label_map
+    from plabel_kit.toolkit.crf import crf_label_map
     from plabel_crf.refiner import DenseCRF
 
     sample = next(s for s in open_dataset(scenes) if len(s.classes) == 2)
@@ -227,7 +227,7 @@ def test_errors_name_the_file_and_image(cli_run, scenes, tmp_path):
 
 
 def test_pure_functions_validate_before_pydensecrf():
-    from plabel_crf.recipes import RECIPES, crf_labels, crf_scores, dense_crf
+    from plabel_kit.toolkit.crf import RECIPES, crf_labels, crf_scores, dense_crf
 
     image = np.zeros((6, 8, 3), np.uint8)
     labels = np.zeros((6, 8), np.int64)
@@ -263,7 +263,7 @@ def test_refiner_checks_sizes_once_with_the_image_id(tmp_path):
 # ---- kernels that scale with the image ---------------------------------------------------
 
 def test_scale_auto_equals_scale_1_on_a_500_pixel_image_and_halves_at_250(tmp_path):
-    from plabel_crf.recipes import RECIPES, crf_label_map, kernel_scale
+    from plabel_kit.toolkit.crf import RECIPES, crf_label_map, kernel_scale
     from plabel_crf.refiner import DenseCRF
 
     dataset = open_dataset(_voc_subset(tmp_path, 3))

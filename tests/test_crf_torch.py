@@ -30,7 +30,7 @@ def references():
     """recipe -> (jobs, pydensecrf marginals) on the seven VOC samples: the label recipe on
     the ground-truth masks (255 band unsure), the softmax recipe on CAM-like scores with
     PSA's (1 - max)^4 background; unaries built by the refiner itself."""
-    from plabel_crf.recipes import dense_crf
+    from plabel_kit.toolkit.crf import dense_crf
     from plabel_crf.refiner import DenseCRF
 
     out = {}
@@ -135,7 +135,7 @@ def test_backend_setting(monkeypatch):
 
 
 def test_bad_inputs_are_named():
-    from plabel_crf.recipes import RECIPES
+    from plabel_kit.toolkit.crf import RECIPES
     from plabel_crf.torch_crf import dense_crf_batch
 
     image = np.zeros((4, 5, 3), np.uint8)

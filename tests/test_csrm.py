@@ -366,7 +366,7 @@ def test_strong_and_weak_views():
     """The weak view is the image at its own size, cropped only; the strong view is resized,
     flipped, cropped, colour-jittered and blurred as CSRM's labelled batch; both reproducible
     from (seed, epoch, index)."""
-    from plabel_cam.infer import normalise
+    from plabel_kit.toolkit.inference import normalise
     from plabel_csrm.train import augment, photometric_jitter, shift_hue, weak_view
 
     rng = np.random.default_rng(0)
@@ -411,7 +411,7 @@ def test_memory_bank_is_fifo_with_capacity():
 # ---- the network -----------------------------------------------------------------------
 
 def test_network_matches_mmseg_head_and_takes_cam_weights():
-    from plabel_cam.model import CamNet
+    from plabel_kit.toolkit.cam import CamNet
     from plabel_csrm.model import CsrmNet
 
     torch.manual_seed(6)
@@ -602,8 +602,8 @@ def test_wrong_cam_checkpoint_and_missing_crf_fail_clearly(compared, tmp_path, m
     from plabel_kit import get_registry
     from plabel_kit.errors import RegistryError
 
-    get_registry()  # plugins load first (the crf plugin itself imports its recipes)
-    monkeypatch.setitem(sys.modules, "plabel_crf.recipes", None)  # as if the crf plugin were not installed
-    with pytest.raises(RegistryError, match=r"crf=true needs the dense CRF plugin.*--set crf=false"):
+    get_registry()  # plugins load first
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)  # as if pydensecrf were not installed
+    with pytest.raises(RegistryError, match=r"crf=true needs the dense CRF \(pydensecrf.*--set crf=false"):
         get_registry().build("label_source", {"type": "csrm", "c2s_crf": False})
     assert get_registry().build("label_source", {"type": "csrm", "crf": False, "c2s_crf": False}).output == "cam"

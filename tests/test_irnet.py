@@ -46,7 +46,7 @@ def test_pair_labels_follow_irn():
 
 def test_path_affinity_matches_the_walk_refiners():
     from plabel_irnet.pairs import path_affinity
-    from plabel_randomwalk.affinity import boundary_affinity
+    from plabel_kit.toolkit.affinity import boundary_affinity
 
     boundary = np.random.default_rng(0).random((9, 11))
     ours = path_affinity(torch.from_numpy(boundary)[None], 4)[0].numpy()
@@ -56,7 +56,7 @@ def test_path_affinity_matches_the_walk_refiners():
 
 def test_feature_affinity_values_and_finite_gradients_at_the_border():
     from plabel_irnet.pairs import feature_affinity
-    from plabel_randomwalk.affinity import neighbour_offsets
+    from plabel_kit.toolkit.affinity import neighbour_offsets
 
     features = torch.randn(2, 8, 6, 7, generator=torch.Generator().manual_seed(0), requires_grad=True)
     affinity = feature_affinity(features, 3)
@@ -185,12 +185,12 @@ def test_augment_pair_resizes_labels_like_pil_nearest():
     """IRN rescales labels with PIL's nearest (pixel centres): cv2.INTER_NEAREST_EXACT."""
     from PIL import Image
 
-    from plabel_irnet.data import augment_pair
+    from plabel_kit.toolkit.augment import random_resize_flip_crop_pair
 
     rng = np.random.default_rng(3)
     image = rng.integers(0, 255, (37, 53, 3)).astype(np.uint8)
     label = rng.integers(0, 5, (37, 53)).astype(np.uint8)
-    _, out = augment_pair(image, label, np.random.default_rng(0), (71, 71), 128)
+    _, out = random_resize_flip_crop_pair(image, label, np.random.default_rng(0), (71, 71), 128, fill=255)
     draw = np.random.default_rng(0)
     draw.integers(71, 72)
     flipped = draw.random() < 0.5

@@ -141,6 +141,64 @@ def test_bad_pipelines_are_refused(tmp_path):
         load_pipeline(bad)
 
 
+NO_CLI = """
+import sys
+from plabel_kit.pipeline import Runner, load_pipeline
+work = sys.argv[3]
+actions = Runner(load_pipeline(sys.argv[1]), sys.argv[2], work, progress=False).run()
+print(sorted(actions.items()), "plabel_kit.cli" in sys.modules)
+"""
+
+
+def test_a_pipeline_runs_without_the_cli(scenes, tmp_path):
+    """The core runs component stages with no command line loaded."""
+    pipeline = tmp_path / "p.py"
+    pipeline.write_text("stages = [dict(name='bg', step='source', type='background'),\n"
+                        "          dict(name='vote', step='combine', inputs=['@bg', '@bg'], type='vote')]\n")
+    result = subprocess.run([sys.executable, "-c", NO_CLI, str(pipeline), str(scenes), str(tmp_path / "work")],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[('bg', 'run'), ('vote', 'run')] False"
+
+
+def test_command_stages_need_the_runner_the_cli_hands_in(scenes, tmp_path):
+    from plabel_kit import PlabelError
+    from plabel_kit.pipeline import Runner
+
+    pipeline = tmp_path / "p.py"
+    pipeline.write_text("stages = [dict(name='bg', step='source', type='background'),\n"
+                        "          dict(name='say', step='command', run=[['hello', '{out}'], ['bye']])]\n")
+    work = tmp_path / "work"
+    with pytest.raises(PlabelError, match="stage 'say': a command stage needs a command runner"):
+        Runner(load_pipeline(pipeline), scenes, work, progress=False).run()
+    assert not work.exists()  # refused by the checks, before anything ran
+    # a stage beyond --to needs no command runner
+    assert Runner(load_pipeline(pipeline), scenes, work, progress=False).run(stop="bg") == {"bg": "run",
+                                                                                          "say": "after"}
+
+    class Commands:
+        def __init__(self):
+            self.checked, self.ran = [], []
+
+        def check(self, args):
+            self.checked.append(args)
+            if args[0] not in ("hello", "bye"):
+                raise PlabelError(f"no command {args[0]}")
+
+        def run(self, args):
+            self.ran.append(args)
+            print("printed by", args[0])  # goes to the log
+
+    commands = Commands()
+    Runner(load_pipeline(pipeline), scenes, work, progress=False, commands=commands).run()
+    assert commands.ran == [["hello", str(work / "say")], ["bye"]]
+    assert commands.checked == commands.ran
+    assert "printed by hello" in (work / "pipeline.log").read_text()
+    pipeline.write_text(pipeline.read_text().replace("['bye']", "['byebye']"))
+    with pytest.raises(PlabelError, match=f"{pipeline}: stage 'say': no command byebye"):
+        Runner(load_pipeline(pipeline), scenes, work, progress=False, commands=commands).run()
+
+
 def test_shipped_pipelines_load_and_name_their_stages():
     seqmerge = load_pipeline(REPO / "configs" / "pipelines" / "evolving_seqmerge.py")
     names = seqmerge.names()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from plabel_kit import LabelSource, PlabelError, PseudoLabel, RegistryError, hookimpl, hookspecs
-from plabel_kit.interfaces import Combiner, Embedder, Refiner
+from plabel_kit.interfaces import Affinity, Combiner, Embedder, Refiner
 from plabel_kit.plugins import Plugins
 from tests.conftest import REPO, run_plabel
 
@@ -125,6 +125,25 @@ def test_hook_register_embedders():
     assert registry.names("embedder") == ["mean"]
 
 
+@dataclass
+class Flat(Affinity):
+    """Every pair linked."""
+
+    def walk_inputs(self, sample, scores, stride, radius):
+        return np.ones((34, *scores.shape[1:])), scores
+
+
+class AffinityPlugin:
+    @hookimpl
+    def register_affinities(self, register):
+        register(Flat, name="flat")
+
+
+def test_hook_register_affinities():
+    registry = _plugins(a=AffinityPlugin()).registry
+    assert registry.names("affinity") == ["flat"] and isinstance(registry.build("affinity", {"type": "flat"}), Flat)
+
+
 def test_hook_register_commands():
     class CommandPlugin:
         @hookimpl
@@ -225,7 +244,7 @@ def test_example_third_party_plugin_installs_and_runs(tmp_path, scenes):
     plugins = json.loads(run_plabel("plugins", "--json", env=env, check=True).stdout)
     example = next(p for p in plugins if p["name"] == "example")
     assert example["package"] == "plabel-example" and example["version"] == "0.1.0"
-    assert example["components"] == {"label_source": ["center_box"], "refiner": ["mode_filter"]}
+    assert example["components"] == {"label_source": ["center_box", "lse_cam"], "refiner": ["mode_filter"]}
     assert run_plabel("example-hello", env=env, check=True).stdout.strip() == "hello from plabel-example"
     run_plabel("source", "center_box", "--data", scenes, "--out", tmp_path / "box", "--set",
                "fraction=0.6", env=env, check=True)

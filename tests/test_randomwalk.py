@@ -251,18 +251,21 @@ def test_errors(cli_run, scenes, tmp_path):
     assert first.image_path in result.output and repr(first.id) in result.output
     result = cli_run("refine", "randomwalk", "--data", scenes, "--in", gt, "--out", tmp_path / "y",
                      "--set", "affinity=affinitnet")
-    assert result.exit_code == 1 and "affinity must be one of image, boundary, affinitynet" in result.output
+    assert result.exit_code == 1 and "unknown affinity 'affinitnet'; did you mean 'affinitynet'?" in result.output
     result = cli_run("refine", "randomwalk", "--data", scenes, "--in", gt, "--out", tmp_path / "y2",
                      "--set", "affinity=affinitynet")
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
     result = cli_run("refine", "randomwalk", "--data", scenes, "--in", gt, "--out", tmp_path / "z",
                      "--set", "affinity=boundary")
     assert result.exit_code == 1 and "--boundaries" in result.output
+    result = cli_run("refine", "randomwalk", "--data", scenes, "--in", gt, "--out", tmp_path / "z2",
+                     "--boundaries", tmp_path)
+    assert result.exit_code == 1 and "--boundaries is read by affinity=boundary, not by affinity=image" in result.output
 
 
 def test_pure_functions_check_their_inputs():
-    from plabel_randomwalk.affinity import boundary_affinity, image_affinity, neighbour_offsets
-    from plabel_randomwalk.walk import propagate, walk_operator
+    from plabel_kit.toolkit.affinity import boundary_affinity, image_affinity, neighbour_offsets
+    from plabel_kit.toolkit.walk import propagate, walk_operator
 
     assert len(neighbour_offsets(5)) == 34
     with pytest.raises(ValueError, match="0..1"):

@@ -16,7 +16,7 @@ import torch
 
 
 def bench(model, images, class_ids, scales, flip, output_stride, device) -> float:
-    from plabel_cam.infer import multiscale_cam, normalise
+    from plabel_kit.toolkit.inference import multiscale_cam, normalise
 
     tensors = [normalise(im).to(device) for im in images]
     multiscale_cam(model, tensors[0], class_ids, scales, flip, output_stride)  # warm-up
@@ -31,7 +31,7 @@ def bench(model, images, class_ids, scales, flip, output_stride, device) -> floa
 
 
 def main():
-    from plabel_cam.model import CamNet
+    from plabel_kit.toolkit.cam import CamNet
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="resnet50_v1c")

@@ -54,7 +54,7 @@ def device_name(device) -> str:
 
 
 def parse_sets(items) -> dict:
-    from plabel_kit.cli import parse_overrides
+    from plabel_kit.commands import parse_overrides
 
     return parse_overrides(items)
 
@@ -66,7 +66,7 @@ def time_cam_epoch(dataset, args, device) -> float:
     second of two, so start-up costs (allocator, kernel selection) stay out, as for CSRM."""
     import torch
 
-    from plabel_cam.model import CamNet
+    from plabel_kit.toolkit.cam import CamNet
     from plabel_cam.train import TrainConfig, train
 
     model = CamNet(args.backbone, dataset.num_classes - 1, args.output_stride)
@@ -106,7 +106,7 @@ def time_csrm_epochs(dataset, args, device):
 def run_time(args):
     import torch
 
-    from plabel_cam.source import pick_device
+    from plabel_kit.toolkit.runtime import pick_device
     from plabel_kit import open_dataset
     from plabel_kit.synth import make_scenes
 

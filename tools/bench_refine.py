@@ -101,7 +101,7 @@ def bench_crf(images, workers: int) -> list[tuple]:
 
 def crf_jobs(images, n_labels: int = 21):
     """CrfJobs with IRN's label unary over all n_labels classes (mask class ids as labels)."""
-    from plabel_crf.recipes import ITERATIONS, RECIPES, label_unary
+    from plabel_kit.toolkit.crf import ITERATIONS, RECIPES, label_unary
     from plabel_crf.refiner import CrfJob
 
     return [CrfJob(image, label_unary(mask, n_labels), np.arange(n_labels), RECIPES["label"], ITERATIONS)
@@ -141,7 +141,8 @@ def bench_crf_torch(images, workers: int | None, batch: int, threads: int) -> li
 
     import torch
 
-    from plabel_crf.refiner import available_cores, run_job
+    from plabel_crf.refiner import run_job
+    from plabel_kit.toolkit.runtime import available_cores
     from plabel_kit.progress import track
 
     torch.set_num_threads(threads)
@@ -184,7 +185,7 @@ def irn_inputs(image, mask, crop=None):
     blobs and its edges, as stand-ins for CAM and IRNet outputs."""
     import cv2
 
-    from plabel_randomwalk.walk import max_pool_to_grid, pool_to_grid
+    from plabel_kit.toolkit.walk import max_pool_to_grid, pool_to_grid
 
     keys = [c for c in np.unique(mask) if 0 < c < 255]
     if crop:  # centred, where the objects usually are
@@ -196,8 +197,8 @@ def irn_inputs(image, mask, crop=None):
 
 
 def walk_sparse(cams, boundary):
-    from plabel_randomwalk.affinity import boundary_affinity
-    from plabel_randomwalk.walk import propagate, walk_operator
+    from plabel_kit.toolkit.affinity import boundary_affinity
+    from plabel_kit.toolkit.walk import propagate, walk_operator
 
     operator = walk_operator(boundary_affinity(boundary, 5), 5, 10.0)
     return propagate(cams * (1 - boundary), operator, 256, "cpu")
@@ -207,7 +208,7 @@ def walk_dense(cams, boundary):
     """IRN's propagate_to_edge after its affinity: dense A, A^beta / column sums, 8 squarings."""
     import torch
 
-    from plabel_randomwalk.affinity import boundary_affinity, neighbour_offsets
+    from plabel_kit.toolkit.affinity import boundary_affinity, neighbour_offsets
 
     affinity = boundary_affinity(boundary, 5)
     height, width = boundary.shape

@@ -6,17 +6,13 @@
 Multi-GPU / multi-node: tools/dist_train.sh CONFIG GPUS ... (torchrun). The work dir holds
 the checkpoints, ``last_checkpoint`` (what --resume continues from) and the logs.
 """
-import argparse
-
 from plabel_mmseg import api
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description='Train a segmentor on plabel data')
-    parser.add_argument('config', help='train config file path')
+    parser = api.tool_parser('Train a segmentor on plabel data', 'train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
-    parser.add_argument('--data', help='training images: CSV index or VOC root')
-    parser.add_argument('--split', help='split of a VOC root (default train)')
+    api.add_data_arguments(parser, 'training images: CSV index or VOC root')
     parser.add_argument('--labels', help='label set for --data (default: its masks)')
     parser.add_argument('--manual', help='manually labelled dataset mixed in (its masks)')
     parser.add_argument('--manual-split', help='split of a VOC root given as --manual')
@@ -34,28 +30,13 @@ def parse_args():
         action='store_true',
         default=False,
         help='enable automatic-mixed-precision training')
-    api.add_launch_arguments(parser)
-    return api.parse_launch_args(parser)
+    return api.parse_tool_args(parser)
 
 
 def main():
     args = parse_args()
-    api.train(
-        args.config,
-        data=args.data,
-        labels=args.labels,
-        manual=args.manual,
-        split=args.split,
-        manual_split=args.manual_split,
-        val=args.val,
-        val_split=args.val_split,
-        work=args.work_dir,
-        iters=args.iters,
-        pretrained=args.pretrained,
-        resume=args.resume,
-        amp=args.amp,
-        cfg_options=args.cfg_options,
-        launcher=args.launcher)
+    # every option but CONFIG is a keyword of api.train (--work-dir: work)
+    api.train(args.config, **api.tool_options(args, 'config'))
 
 
 if __name__ == '__main__':

@@ -1,23 +1,15 @@
 # Tiny CPU runs on synthetic data (plabel synth scenes|evolving --size 64): no crops or
 # resizing, AdamW, a short poly schedule, no data-loader workers, gloo for CPU torchrun.
-# `plabel segment` fills `data`, `labels`, `manual` and the class count.
-custom_imports = dict(
-    imports=['plabel_mmseg.dataset', 'plabel_mmseg.metric', 'plabel_mmseg.vgg_encoder',
-             'plabel_mmseg.resnet_encoder', 'plabel_mmseg.unet_head'],
-    allow_failed_imports=False)
+# `plabel segment` fills `data`, `labels`, `manual` and the class count. The data loaders,
+# datasets and metric are _base_plabel-512x512.py's with these pipelines; the model frame is
+# _base_encoder-decoder.py's with plain BatchNorm (configs add backbone and heads).
+_base_ = ['./_base_plabel-512x512.py', './_base_encoder-decoder.py']
 default_scope = 'mmseg'
-dataset_type = 'PlabelSegDataset'
 crop_size = (64, 64)
 iters = 60
 norm_cfg = dict(type='BN', requires_grad=True)
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True,
-    pad_val=0,
-    seg_pad_val=255,
-    size=crop_size)
+data_preprocessor = dict(size=crop_size)
+model = dict(data_preprocessor=data_preprocessor)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
@@ -30,20 +22,9 @@ test_pipeline = [
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(
-    batch_size=4,
-    num_workers=0,
-    persistent_workers=False,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(type=dataset_type, data=None, labels=None, manual=None, pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=0,
-    persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type=dataset_type, data=None, pipeline=test_pipeline))
+    num_workers=0, persistent_workers=False, dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='FwIoUMetric')
-test_evaluator = val_evaluator
 
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=3e-3, weight_decay=1e-4))
 param_scheduler = [dict(type='PolyLR', eta_min=1e-5, power=0.9, begin=0, end=iters, by_epoch=False)]

@@ -1,9 +1,11 @@
 # Tiny DeepLabV3+ R50-D8 (mmseg's model at 1/16 of the width: ResNet-50 V1c 3-4-6-3 stages,
 # output stride 8, separable ASPP, FCN auxiliary head) for CPU tests on 64x64 synthetic data.
 _base_ = ['./_base_plabel-tiny-64x64.py']
+# what both heads share; init_cfg=None is PyTorch's default init for conv_seg: mmseg's
+# normal(std=0.01) keeps the foreground classes tied for hundreds of steps on tiny data
+__head = dict(dropout_ratio=0.1, num_classes=7, norm_cfg={{_base_.norm_cfg}}, align_corners=False)
+__loss = dict(type='CrossEntropyLoss', use_sigmoid=False)
 model = dict(
-    type='EncoderDecoder',
-    data_preprocessor={{_base_.data_preprocessor}},
     backbone=dict(
         type='ResNetV1c',
         depth=50,
@@ -25,13 +27,8 @@ model = dict(
         dilations=(1, 12, 24, 36),
         c1_in_channels=16,
         c1_channels=8,
-        dropout_ratio=0.1,
-        num_classes=7,
-        norm_cfg={{_base_.norm_cfg}},
-        align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
-        # PyTorch's default init for conv_seg: mmseg's normal(std=0.01) keeps the
-        # foreground classes tied for hundreds of steps on tiny data
+        **__head,
+        loss_decode=dict(__loss, loss_weight=1.0),
         init_cfg=None),
     auxiliary_head=dict(
         type='FCNHead',
@@ -40,13 +37,6 @@ model = dict(
         channels=8,
         num_convs=1,
         concat_input=False,
-        dropout_ratio=0.1,
-        num_classes=7,
-        norm_cfg={{_base_.norm_cfg}},
-        align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4),
-        # PyTorch's default init for conv_seg: mmseg's normal(std=0.01) keeps the
-        # foreground classes tied for hundreds of steps on tiny data
-        init_cfg=None),
-    train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+        **__head,
+        loss_decode=dict(__loss, loss_weight=0.4),
+        init_cfg=None))

@@ -2,23 +2,8 @@
 # images, SGD lr 0.01, poly, 20k iterations. The encoder is torchvision's ResNet-50 layout
 # (7x7 stem, pytorch style), so --pretrained resnet50-0676ba61.pth loads its ImageNet
 # weights from a local file. num_classes follows --data (7: seed 000's six body parts + bg).
-_base_ = [
-    './_base_plabel-512x512.py', 'mmseg::_base_/default_runtime.py',
-    'mmseg::_base_/schedules/schedule_20k.py'
-]
-crop_size = (512, 512)
-norm_cfg = dict(type='SyncBN', requires_grad=True)
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[123.675, 116.28, 103.53],
-    std=[58.395, 57.12, 57.375],
-    bgr_to_rgb=True,
-    pad_val=0,
-    seg_pad_val=255,
-    size=crop_size)
+_base_ = ['./_base_unet-512x512.py']
 model = dict(
-    type='EncoderDecoder',
-    data_preprocessor=data_preprocessor,
     backbone=dict(
         type='ResNetEncoder',
         depth=50,
@@ -27,16 +12,6 @@ model = dict(
         strides=(1, 2, 2, 2),
         dilations=(1, 1, 1, 1),
         style='pytorch',
-        norm_cfg=norm_cfg,
+        norm_cfg={{_base_.norm_cfg}},
         norm_eval=False),
-    decode_head=dict(
-        type='UNetHead',
-        in_channels=[64, 256, 512, 1024, 2048],
-        decoder_channels=(256, 128, 64, 32, 16),
-        dropout_ratio=0.0,
-        num_classes=7,
-        norm_cfg=norm_cfg,
-        align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
-    train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+    decode_head=dict(in_channels=[64, 256, 512, 1024, 2048]))

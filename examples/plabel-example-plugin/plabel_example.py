@@ -2,7 +2,8 @@
 
 It adds a label source (``center_box``: the image's tag inside a centred box, a classic
 box-prior baseline), a refiner (``mode_filter``: majority vote in a square window) and a
-command (``plabel example-hello``).
+command (``plabel example-hello``). ``plabel_example_cam`` adds a trainable torch source,
+``lse_cam``, built on ``plabel_kit.toolkit`` (see docs/plugins.md, "A new method on the toolkit").
 """
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import click
 import numpy as np
 
 from plabel_kit import LabelSource, PseudoLabel, Refiner, hookimpl
+from plabel_example_cam import LseCam
 
 
 @dataclass
@@ -50,6 +52,7 @@ class ModeFilter(Refiner):
 @hookimpl
 def register_label_sources(register):
     register(CenterBox, name="center_box")
+    register(LseCam, name="lse_cam")
 
 
 @hookimpl

@@ -2,7 +2,6 @@
 ``cam_to_ir_label``)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -10,42 +9,10 @@ from typing import ClassVar
 import numpy as np
 
 from plabel_kit import LabelSource, PseudoLabel
-from plabel_kit.arrays import scores_to_labels, uncertain_band
-from plabel_kit.progress import quiet
+from plabel_kit.arrays import scores_to_labels
+from plabel_kit.toolkit.runtime import is_main_process, log, pick_device
 
 FINAL = "cam_final.pth"
-
-
-def _log(message: str):
-    if not quiet():
-        import click
-
-        click.echo(message, err=True)
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def load_checkpoint(path, device="cpu"):
-    """(CamNet in eval mode, its architecture dict) from a ``cam_final.pth``-style file."""
-    import torch
-
-    from .model import CamNet
-
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "architecture" not in state:
-        raise ValueError(f"{path}: not a plabel CAM checkpoint (no 'architecture')")
-    arch = state["architecture"]
-    model = CamNet(arch["backbone"], len(arch["classes"]) - 1, arch["output_stride"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), arch
 
 
 @dataclass
@@ -94,7 +61,7 @@ class Cam(LabelSource):
     device: str = "auto"
 
     def __post_init__(self):
-        from .model import check_architecture, check_frozen_stages
+        from plabel_kit.toolkit.backbones import check_architecture, check_frozen_stages
 
         check_architecture(self.backbone, self.output_stride)
         if self.frozen_stages is not None:
@@ -116,15 +83,19 @@ class Cam(LabelSource):
         self._use(path, dataset.classes, device)
 
     def _use(self, path, classes, device):
-        model, arch = load_checkpoint(path, device)
-        if arch["classes"] != list(classes):
-            raise ValueError(f"{path} was trained on classes {arch['classes']}, the dataset has {classes}")
+        from plabel_kit.toolkit.cam import load_cam_checkpoint
+        from plabel_kit.toolkit.checkpoints import check_classes
+
+        model, arch = load_cam_checkpoint(path, device)
+        check_classes(path, arch, classes)
         self._model, self._classes, self._arch = model, list(classes), arch
 
     def _train(self, dataset, workdir: Path, device):
         import torch
 
-        from .model import CamNet, load_pretrained
+        from plabel_kit.toolkit.backbones import load_pretrained
+        from plabel_kit.toolkit.cam import CamNet, save_cam_checkpoint
+
         from .train import TrainConfig, train
 
         torch.manual_seed(self.seed)
@@ -132,20 +103,15 @@ class Cam(LabelSource):
         model = CamNet(self.backbone, dataset.num_classes - 1, self.output_stride, norm_eval=pretrained,
                        frozen_stages=self.training_frozen_stages())
         if pretrained:
-            missing, unexpected = load_pretrained(model.backbone, self.pretrained)
-            _log(f"pretrained {self.pretrained}: {len(missing)} missing keys"
-                 + (f" (e.g. {missing[0]})" if missing else "")
-                 + f", {len(unexpected)} unexpected" + (f" (e.g. {unexpected[0]})" if unexpected else ""))
+            load_pretrained(model.backbone, self.pretrained, log=log)
         config = TrainConfig(self.epochs, self.train_batch_size, self.crop_size, tuple(self.resize_long),
                              self.lr, self.weight_decay, self.momentum, self.poly_power,
                              self.classifier_lr_mult, self.seed, self.num_workers)
-        train(model, dataset, config, workdir, device, log=_log)
-        if int(os.environ.get("RANK", 0)) == 0:
+        train(model, dataset, config, workdir, device, log=log)
+        if is_main_process():
             architecture = {"backbone": self.backbone, "output_stride": self.output_stride,
                             "classes": dataset.classes}
-            tmp = workdir / f".{FINAL}.{os.getpid()}"
-            torch.save({"model": model.state_dict(), "architecture": architecture}, tmp)
-            os.replace(tmp, workdir / FINAL)
+            save_cam_checkpoint(model, architecture, workdir / FINAL)
 
     def training_frozen_stages(self) -> int:
         """``frozen_stages``, or its default: 2 (IRN's) with pretrained weights, else -1."""
@@ -157,7 +123,7 @@ class Cam(LabelSource):
 
     def scores(self, sample) -> np.ndarray:
         """float32 [K, H, W] CAMs of the sample's tagged classes (K may be 0)."""
-        from .infer import multiscale_cam, normalise
+        from plabel_kit.toolkit.inference import multiscale_cam, normalise
 
         if not sample.classes:
             return np.zeros((0, *sample.image.shape[:2]), np.float32)
@@ -177,18 +143,9 @@ class Cam(LabelSource):
             if self.mode == "threshold":
                 label = scores_to_labels(scores, keys, self.threshold)
             else:
+                from plabel_kit.toolkit.cam import ir_labels
+
                 label = ir_labels(sample.image, scores, keys, self.fg_threshold, self.bg_threshold)
             out.append(PseudoLabel(label, scores, keys))
         return out
 
-
-def ir_labels(image: np.ndarray, scores: np.ndarray, keys: np.ndarray, fg_threshold: float,
-              bg_threshold: float) -> np.ndarray:
-    """IRN's ``cam_to_ir_label``: uint8 [H, W] with 255 where the confident-foreground and
-    confident-background CRF labels disagree."""
-    from plabel_crf.recipes import crf_label_map
-
-    def refined(threshold):
-        return crf_label_map(image, scores_to_labels(scores, keys, threshold), keys)
-
-    return uncertain_band(refined(fg_threshold), refined(bg_threshold))

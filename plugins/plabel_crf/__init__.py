@@ -1,6 +1,6 @@
 """Built-in plugin ``crf``: the dense CRF refiner (pydensecrf, process pool).
 
-The per-image functions live in :mod:`plabel_crf.recipes` for other plugins to call.
+The per-image functions live in :mod:`plabel_kit.toolkit.crf` for other plugins to call.
 """
 from plabel_kit import hookimpl
 

@@ -1,7 +1,6 @@
 """The ``crf`` refiner: a dense CRF per image, images spread over a process pool."""
 from __future__ import annotations
 
-import os
 import weakref
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
@@ -10,10 +9,10 @@ import numpy as np
 
 from plabel_kit import DataError, PseudoLabel, Refiner, Sample
 from plabel_kit.arrays import foreground_planes, resize_scores, scores_to_labels
+from plabel_kit.toolkit.crf import (GT_PROB, ITERATIONS, RECIPES, Kernels, compact_labels, dense_crf, kernel_scale,
+                                    label_keys, label_unary, psa_background, scaled, softmax_unary)
+from plabel_kit.toolkit.runtime import available_cores, process_pool
 from plabel_kit.types import IGNORE
-
-from .recipes import (GT_PROB, ITERATIONS, RECIPES, Kernels, compact_labels, dense_crf, kernel_scale, label_keys,
-                      label_unary, psa_background, scaled, softmax_unary)
 
 #: recipes whose unary comes from scores, not from the label map
 SCORE_RECIPES = ("softmax", "deeplab")
@@ -42,15 +41,9 @@ def default_backend() -> str:
     return "torch" if torch.cuda.is_available() else "pydensecrf"
 
 
-def available_cores() -> int:
-    """Cores this process may use, shared among torchrun's ranks on this machine."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-
-
 @dataclass
 class DenseCRF(Refiner):
-    """Dense CRF (pydensecrf) with the WSSS recipes of ANCHORS.md "Dense CRF".
+    """Dense CRF (pydensecrf) with the WSSS recipes of PSA, IRN and DeepLab (``plabel_kit.toolkit.crf``).
 
     Reads the image and the input pseudo label (label map; scores for the score recipes).
     Writes the refined label map and, with ``save_scores``, the CRF marginals as scores
@@ -244,21 +237,13 @@ class DenseCRF(Refiner):
             pool.shutdown()
 
     def _pool(self, workers: int):
-        """A pool kept across batches (started once per stage), shut down with the refiner.
-
-        fork where the platform has it: spawn and forkserver re-run the caller's script in
-        every worker unless it is guarded by ``if __name__ == "__main__"``, and the workers
-        run only numpy and pydensecrf, which are safe in a forked child."""
+        """A pool kept across batches (started once per stage), shut down with the refiner; forked
+        (the workers run only numpy and pydensecrf, which are safe in a forked child)."""
         pool = self.__dict__.get("_executor")
         if pool is None or self.__dict__.get("_executor_size", 0) < workers:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
             if pool is not None:
                 pool.shutdown()
-            context = (multiprocessing.get_context("fork")
-                       if "fork" in multiprocessing.get_all_start_methods() else None)
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+            pool = process_pool(workers)
             weakref.finalize(self, pool.shutdown)
             self.__dict__.update(_executor=pool, _executor_size=workers)
         return pool

@@ -1,7 +1,8 @@
 """pydensecrf's dense CRF in torch: the permutohedral lattice of Adams, Baek & Davis (2010)
 built with torch ops, float32, on any device, many images per call sharing one lattice.
 
-The arithmetic follows pydensecrf's C++ step by step (shared/CRF_LATTICE.md): features
+The arithmetic follows pydensecrf's C++ step by step (``densecrf/src/permutohedral.cpp`` of
+github.com/lucasb-eyer/pydensecrf): features
 (x, y[, R, G, B]) scaled by 1/sxy and 1/srgb, elevation, rounding to the nearest
 0-coloured point, ranks with ties to the lower index, barycentric weights, splat /
 blur / slice with alpha = 1 / (1 + 2^-d), symmetric normalisation with the pixel's own
@@ -22,7 +23,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .recipes import ITERATIONS, Kernels, check_image
+from plabel_kit.toolkit.crf import ITERATIONS, Kernels, check_image
 
 #: float32 elements of one splat step's temporary (pixels x vertices x labels): bounds memory
 SPLAT_CHUNK = 1 << 26

@@ -1,5 +1,5 @@
 """Multi-scale, flipped segmentation-branch inference (the CAM branch uses
-``plabel_cam.infer.multiscale_cam`` unchanged)."""
+``plabel_kit.toolkit.inference.multiscale_cam`` unchanged)."""
 from __future__ import annotations
 
 import torch
@@ -17,7 +17,7 @@ def multiscale_segmentation(model, image: torch.Tensor, class_ids, scales=(1.0, 
     The reference averages logits and multiplies them by the 0/1 tag vector, which gives
     absent classes a logit of 0 that can beat the present classes' negative logits;
     restricting probabilities has no such case."""
-    from plabel_cam.infer import fold_flip, scaled_batches
+    from plabel_kit.toolkit.inference import fold_flip, scaled_batches
 
     height, width = image.shape[1:]
     total = None

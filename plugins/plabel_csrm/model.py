@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plabel_cam.model import build_backbone
+from plabel_kit.toolkit.backbones import build_backbone
 
 
 class CsrmOutput(NamedTuple):

@@ -12,36 +12,29 @@ import numpy as np
 
 from plabel_kit import LabelSource, PseudoLabel
 from plabel_kit.arrays import scores_to_labels
-from plabel_kit.progress import quiet
+from plabel_kit.toolkit.checkpoints import check_classes
+from plabel_kit.toolkit.runtime import is_main_process, log
 
 FINAL = "csrm_final.pth"
 
 
-def _log(message: str):
-    if not quiet():
-        import click
-
-        click.echo(message, err=True)
-
-
 def require_crf(parameter: str) -> None:
-    """ValueError naming ``parameter`` when the dense CRF plugin cannot be imported."""
+    """ValueError naming ``parameter`` when the dense CRF (pydensecrf) cannot be imported."""
     try:
-        import plabel_crf.recipes  # noqa: F401
         import pydensecrf.densecrf  # noqa: F401
     except ImportError as exc:
-        raise ValueError(f"{parameter}=true needs the dense CRF plugin (plabel_crf, pydensecrf), which "
+        raise ValueError(f"{parameter}=true needs the dense CRF (pydensecrf: pip install pydensecrf2), which "
                          f"cannot be imported ({exc}); install it or --set {parameter}=false") from None
 
 
 def load_checkpoint(path, device="cpu"):
     """(CsrmNet in eval mode, architecture dict, the whole checkpoint) from a ``csrm_final.pth``."""
-    import torch
+    from plabel_kit.toolkit.checkpoints import load_checkpoint as load_file
 
     from .model import build_from_architecture
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("kind") != "csrm":
+    state = load_file(path, "plabel CSRM checkpoint (csrm_final.pth)")
+    if state.get("kind") != "csrm":
         raise ValueError(f"{path}: not a plabel CSRM checkpoint (csrm_final.pth)")
     model = build_from_architecture(state["architecture"])
     model.load_state_dict(state["model"])
@@ -134,7 +127,7 @@ class Csrm(LabelSource):
     device: str = "auto"
 
     def __post_init__(self):
-        from plabel_cam.model import check_architecture
+        from plabel_kit.toolkit.backbones import check_architecture
 
         check_architecture(self.backbone, self.output_stride)
         if self.output not in ("cam", "seg"):
@@ -160,7 +153,7 @@ class Csrm(LabelSource):
     # ---- training ------------------------------------------------------------------
 
     def fit(self, dataset, workdir: Path) -> None:
-        from plabel_cam.source import pick_device
+        from plabel_kit.toolkit.runtime import pick_device
         from plabel_kit.stages import train_once
 
         device = pick_device(self.device)
@@ -169,8 +162,7 @@ class Csrm(LabelSource):
 
     def _use(self, path, classes, device):
         model, arch, state = load_checkpoint(path, device)
-        if arch["classes"] != list(classes):
-            raise ValueError(f"{path} was trained on classes {arch['classes']}, the dataset has {list(classes)}")
+        check_classes(path, arch, classes)
         self._model, self._arch = model, arch
         self._state = {k: state.get(k) for k in ("history", "warm_start", "device")}
 
@@ -188,36 +180,31 @@ class Csrm(LabelSource):
         if self.cam_checkpoint:
             self._load_cam(model, dataset.classes)
         elif self.pretrained:
-            from plabel_cam.model import load_pretrained
+            from plabel_kit.toolkit.backbones import load_pretrained
 
-            missing, unexpected = load_pretrained(model.backbone, self.pretrained)
-            _log(f"pretrained {self.pretrained}: {len(missing)} missing keys"
-                 + (f" (e.g. {missing[0]})" if missing else "")
-                 + f", {len(unexpected)} unexpected" + (f" (e.g. {unexpected[0]})" if unexpected else ""))
-        trainer = Trainer(model, self, dataset, workdir, device, classifier_is_new=not self.cam_checkpoint, log=_log)
+            load_pretrained(model.backbone, self.pretrained, log=log)
+        trainer = Trainer(model, self, dataset, workdir, device, classifier_is_new=not self.cam_checkpoint, log=log)
         trainer.run()
-        if int(os.environ.get("RANK", 0)) == 0:
+        if is_main_process():
+            from plabel_kit.toolkit.checkpoints import save_checkpoint
+
             warm_start = "cam_checkpoint" if self.cam_checkpoint else "pretrained" if self.pretrained else "none"
-            tmp = workdir / f".{FINAL}.{os.getpid()}"
-            torch.save({"kind": "csrm", "model": trainer.teacher.state_dict(),
-                        "architecture": architecture_of(self, dataset.classes), "history": trainer.history,
-                        "warm_start": warm_start, "device": str(device)}, tmp)
-            os.replace(tmp, workdir / FINAL)
+            save_checkpoint({"kind": "csrm", "model": trainer.teacher.state_dict(),
+                             "architecture": architecture_of(self, dataset.classes), "history": trainer.history,
+                             "warm_start": warm_start, "device": str(device)}, workdir / FINAL)
 
     def _load_cam(self, model, classes):
-        from plabel_cam.source import load_checkpoint as load_cam
+        from plabel_kit.toolkit.cam import load_cam_checkpoint as load_cam
 
         cam, arch = load_cam(self.cam_checkpoint)
         if (arch["backbone"], arch["output_stride"]) != (self.backbone, self.output_stride):
             raise ValueError(f"{self.cam_checkpoint} holds a {arch['backbone']} at output stride "
                              f"{arch['output_stride']}; use --set backbone={arch['backbone']} "
                              f"--set output_stride={arch['output_stride']}")
-        if arch["classes"] != list(classes):
-            raise ValueError(f"{self.cam_checkpoint} was trained on classes {arch['classes']}, the dataset "
-                             f"has {list(classes)}")
+        check_classes(self.cam_checkpoint, arch, classes)
         model.backbone.load_state_dict(cam.backbone.state_dict())
         model.classifier.load_state_dict(cam.classifier.state_dict())
-        _log(f"warm start from the CAM checkpoint {self.cam_checkpoint}")
+        log(f"warm start from the CAM checkpoint {self.cam_checkpoint}")
 
     # ---- inference -----------------------------------------------------------------
 
@@ -226,7 +213,7 @@ class Csrm(LabelSource):
         probabilities of background + tagged classes (``output=seg``)."""
         import torch
 
-        from plabel_cam.infer import multiscale_cam, normalise
+        from plabel_kit.toolkit.inference import multiscale_cam, normalise
 
         from .infer import multiscale_segmentation
 
@@ -259,7 +246,7 @@ class Csrm(LabelSource):
     def _crf(self, samples, labels, keys) -> list[np.ndarray]:
         """The dense CRF label recipe on every label map, over a process pool when there are
         several images and cores."""
-        from plabel_crf.recipes import crf_label_map
+        from plabel_kit.toolkit.crf import crf_label_map
 
         images = [np.ascontiguousarray(s.image) for s in samples]
         pool = self._pool(len(samples))
@@ -268,22 +255,16 @@ class Csrm(LabelSource):
         return list(pool.map(crf_label_map, images, labels, keys))
 
     def _pool(self, jobs: int):
-        from plabel_crf.refiner import available_cores
+        """The CRF process pool (made at the first call with several jobs and cores, then
+        kept); None for one job or one worker."""
+        from plabel_kit.toolkit.runtime import available_cores, exit_with_parent, process_pool
 
         workers = min(jobs, self.crf_workers if self.crf_workers is not None else available_cores())
         if workers <= 1:
             return None
         pool = self.__dict__.get("_executor")
         if pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            context = (multiprocessing.get_context("fork")
-                       if "fork" in multiprocessing.get_all_start_methods() else None)
-            from .train import exit_with_parent
-
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=exit_with_parent,
-                                       initargs=(os.getpid(),))
+            pool = process_pool(workers, initializer=exit_with_parent, initargs=(os.getpid(),))
             weakref.finalize(self, pool.shutdown)
             self.__dict__["_executor"] = pool
         return pool

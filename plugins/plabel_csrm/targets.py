@@ -34,10 +34,10 @@ def c2s_mask(image: np.ndarray, cams: np.ndarray, keys: np.ndarray, fg_threshold
     """IRN's training label from one image's CAMs: foreground where the CAMs beat
     ``fg_threshold``, background where even ``bg_threshold`` leaves background, 255 between.
     With ``crf`` both label maps are refined by the dense CRF label recipe first
-    (``plabel_cam.source.ir_labels``). image uint8 [H, W, 3]; cams float32 [K, H, W] in 0..1 for
+    (``plabel_kit.toolkit.cam.ir_labels``). image uint8 [H, W, 3]; cams float32 [K, H, W] in 0..1 for
     the class ids ``keys`` [K]; returns uint8 [H, W]."""
     if crf:
-        from plabel_cam.source import ir_labels
+        from plabel_kit.toolkit.cam import ir_labels
 
         return ir_labels(np.ascontiguousarray(image), cams, keys, fg_threshold, bg_threshold)
     return uncertain_band(scores_to_labels(cams, keys, fg_threshold), scores_to_labels(cams, keys, bg_threshold))

@@ -23,9 +23,7 @@ memory bank, so a resumed run ends with the weights of an unbroken one.
 """
 from __future__ import annotations
 
-import math
 import os
-import time
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,10 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plabel_cam.infer import IMAGENET_MEAN, IMAGENET_STD, normalise
-from plabel_cam.train import poly_lr
 from plabel_kit.datasets import Dataset, load_image
-from plabel_kit.progress import quiet, track
+from plabel_kit.toolkit.augment import random_crop_window, random_resize_flip
+from plabel_kit.toolkit.inference import IMAGENET_MEAN, IMAGENET_STD
+from plabel_kit.toolkit.runtime import available_cores, exit_with_parent, process_pool, shard
+from plabel_kit.toolkit.training import run_epochs, steps_per_epoch
 from plabel_kit.types import IGNORE
 
 from .classmix import classmix
@@ -48,7 +47,6 @@ from .memory import MemoryBank
 from .targets import (c2s_mask, contrast_selection, ignore_outside, labelled_contrast_selection, masked_means,
                       negative_keys, normalised_cams, restrict_to_tags)
 
-LATEST = "latest.pth"
 LOSS_NAMES = ("c", "c2s", "s2c", "u", "contrast")
 
 
@@ -83,14 +81,7 @@ def augment(image: np.ndarray, rng: np.random.Generator, resize_long: tuple[int,
     crop, zero padding), then (``photometric``) CSRM's colour jitter and blur on the crop's
     image pixels (:func:`photometric_jitter`). Returns ([3, S, S] normalised, bool [S, S]:
     where the crop holds image pixels)."""
-    import cv2
-
-    height, width = image.shape[:2]
-    scale = rng.integers(resize_long[0], resize_long[1] + 1) / max(height, width)
-    image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                       interpolation=cv2.INTER_LINEAR)
-    if rng.random() < 0.5:
-        image = image[:, ::-1]
+    image, _ = random_resize_flip(image, rng, resize_long)
     return _crop(image, rng, crop, photometric)
 
 
@@ -102,17 +93,11 @@ def weak_view(image: np.ndarray, rng: np.random.Generator, crop: int) -> tuple[t
 
 
 def _crop(image: np.ndarray, rng: np.random.Generator, crop: int, photometric: bool):
-    height, width = image.shape[:2]
-    top, left = rng.integers(0, max(height - crop, 0) + 1), rng.integers(0, max(width - crop, 0) + 1)
-    dst_top, dst_left = rng.integers(0, max(crop - height, 0) + 1), rng.integers(0, max(crop - width, 0) + 1)
-    ch, cw = min(crop, height), min(crop, width)
-    pixels = np.ascontiguousarray(image[top:top + ch, left:left + cw])
-    if photometric:
+    window = random_crop_window(rng, *image.shape[:2], crop)
+    pixels = np.ascontiguousarray(window.cut(image))
+    if photometric:  # after the crop's draws, on its pixels only, as CSRM jitters its crops
         pixels = photometric_jitter(pixels, rng)
-    out, valid = torch.zeros(3, crop, crop), torch.zeros(crop, crop, dtype=torch.bool)
-    out[:, dst_top:dst_top + ch, dst_left:dst_left + cw] = normalise(pixels)
-    valid[dst_top:dst_top + ch, dst_left:dst_left + cw] = True
-    return out, valid
+    return window.paste_image(pixels), window.valid()
 
 
 def photometric_jitter(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -216,18 +201,17 @@ def shrink(mask: torch.Tensor, size) -> torch.Tensor:
 
 
 class Trainer:
-    """Holds what one training run shares between steps; :meth:`run` trains in place."""
+    """Holds what one training run shares between steps; :meth:`run` trains in place through
+    the toolkit's epoch loop (``plabel_kit.toolkit.training.run_epochs``), with the teacher,
+    scaler, memory bank and history in its ``latest.pth``."""
 
     def __init__(self, model, params, dataset: Dataset, workdir: Path, device: torch.device,
                  classifier_is_new: bool, log=print):
-        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        _, world = shard()
         self.model, self.params, self.dataset = model.to(device), params, dataset
         self.workdir, self.device, self.log = Path(workdir), device, log
         self.crops = TrainingCrops(dataset, params.crop_size, params.resize_long, params.seed)
-        self.per_rank = max(1, params.train_batch_size // self.world)
-        self.steps_per_epoch = len(self.crops) // (self.per_rank * self.world)
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.crops)} images are fewer than one batch of {params.train_batch_size}")
+        self.steps_per_epoch = steps_per_epoch(len(self.crops), params.train_batch_size, world)
         self.total_steps = self.steps_per_epoch * params.epochs
         self.warmup_steps = self.steps_per_epoch * params.warmup_epochs
         self.teacher = make_teacher(model)
@@ -236,89 +220,59 @@ class Trainer:
             {"params": backbone, "lr": params.lr},
             {"params": new, "lr": params.lr * params.new_lr_mult},
         ], lr=params.lr, momentum=params.momentum, nesterov=params.nesterov, weight_decay=params.weight_decay)
-        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.amp = bool(params.amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
         num_classes = dataset.num_classes
         self.bank = MemoryBank([params.memory_size_background] + [params.memory_size] * (num_classes - 1),
                                params.representation_dim, device)
         self.history: list[dict] = []
-        self.start_epoch = 0
 
-    def resume(self) -> None:
-        latest = self.workdir / LATEST
-        if not latest.exists():
-            return
-        state = torch.load(latest, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(state["student"])
+    def state(self) -> dict:
+        """What ``latest.pth`` holds beside the student (``model``), optimiser and epoch."""
+        return {"teacher": self.teacher.state_dict(), "scaler": self.scaler.state_dict(),
+                "bank": self.bank.state_dict(), "history": self.history}
+
+    def load_state(self, state: dict) -> None:
         self.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.bank.load_state_dict(state["bank"])
-        self.history, self.start_epoch = state["history"], state["epoch"]
-        self.log(f"resuming CSRM training after epoch {self.start_epoch} ({latest})")
-
-    def save(self, epoch: int) -> None:
-        state = {"student": self.model.state_dict(), "teacher": self.teacher.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                 "bank": self.bank.state_dict(), "history": self.history, "epoch": epoch}
-        tmp = self.workdir / f".{LATEST}.{os.getpid()}"
-        torch.save(state, tmp)
-        os.replace(tmp, self.workdir / LATEST)
+        self.history = state["history"]
 
     def run(self) -> None:
         """Train the remaining epochs; afterwards ``self.teacher`` is the trained network."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.resume()
         params = self.params
-        net = self.model
-        if self.world > 1:
-            # the representation head idles during warm-up
-            net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
-        sampler = torch.utils.data.DistributedSampler(self.crops, self.world, self.rank, shuffle=True,
-                                                      seed=params.seed, drop_last=True) if self.world > 1 else None
         with crf_pool(params) as pool:
-            for epoch in range(self.start_epoch, params.epochs):
-                started = time.perf_counter()
-                torch.manual_seed(params.seed * 1000 + epoch)
-                self.crops.epoch = epoch
-                if sampler is not None:
-                    sampler.set_epoch(epoch)
-                loader = torch.utils.data.DataLoader(
-                    self.crops, batch_size=self.per_rank, sampler=sampler, shuffle=sampler is None,
-                    generator=torch.Generator().manual_seed(params.seed * 1000 + epoch), drop_last=True,
-                    num_workers=params.num_workers)
-                net.train()
-                sums: dict[str, float] = {}
-                show = self.rank == 0 and not quiet()
-                for index, batch in enumerate(track(loader, f"CSRM epoch {epoch + 1}/{params.epochs}",
-                                                    total=self.steps_per_epoch, enabled=show)):
-                    step = epoch * self.steps_per_epoch + index
-                    for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-                        group["lr"] = poly_lr(base, step, self.total_steps, params.poly_power)
-                    stats = self.step(net, batch, step, epoch, pool)
-                    update_teacher(self.teacher, self.model, ema_decay(step, self.warmup_steps))
-                    for key, value in stats.items():
-                        sums[key] = sums.get(key, 0.0) + value
-                record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 2),
-                          **{k: round(v / self.steps_per_epoch, 5) for k, v in sums.items()}}
-                if not math.isfinite(record["loss"]):
-                    raise FloatingPointError("CSRM training diverged (loss is not finite); lower lr")
-                self.history.append(record)
-                if self.rank == 0:
-                    self.log(f"CSRM epoch {epoch + 1}/{params.epochs}: loss {record['loss']:.4f} ("
-                             + ", ".join(f"{k} {record[k]:.4f}" for k in LOSS_NAMES)
-                             + f"; {record['anchor_classes']:.2f} classes with contrast anchors per step)")
-                    self.save(epoch + 1)
-                if self.world > 1:
-                    torch.distributed.barrier()
+            run_epochs(self.model, self.crops, self.optimizer,
+                       lambda net, batch, step, epoch: self.losses(net, batch, step, epoch, pool),
+                       epochs=params.epochs, batch_size=params.train_batch_size, poly_power=params.poly_power,
+                       seed=params.seed, num_workers=params.num_workers, workdir=self.workdir, device=self.device,
+                       label="CSRM", what="CSRM", log=self.log, loss_takes_step=True, optimiser_step=self.optimise,
+                       after_step=lambda step: update_teacher(self.teacher, self.model,
+                                                              ema_decay(step, self.warmup_steps)),
+                       extra_state=(self.state, self.load_state), reseed_every_epoch=True,
+                       # the representation head idles during warm-up
+                       find_unused_parameters=True, on_epoch=lambda record: self.history.append(record), describe=describe_epoch)
 
     def step(self, net, batch, step: int, epoch: int, pool) -> dict:
-        """One optimiser step on B images (their strong views take CSRM's labelled role, their
-        weak views the unlabelled one); returns the batch's loss values, the number of classes
-        holding contrast anchors and the labelled share of the strong views'
+        """One optimiser step (:meth:`losses`, :meth:`optimise`); returns {"loss": the total,
+        then the parts of :meth:`losses`}."""
+        total, parts = self.losses(net, batch, step, epoch, pool)
+        self.optimise(total)
+        return {"loss": float(total.detach()), **parts}
+
+    def optimise(self, total: torch.Tensor) -> None:
+        """Backward (through the GradScaler under CUDA autocast), gradient clipping, SGD."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.params.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def losses(self, net, batch, step: int, epoch: int, pool) -> tuple[torch.Tensor, dict]:
+        """The losses of one step on B images (their strong views take CSRM's labelled role,
+        their weak views the unlabelled one): (total, parts): the loss values, the number of
+        classes holding contrast anchors and the labelled share of the strong views'
         class->segmentation masks."""
         params, device = self.params, self.device
         strong, strong_valid, weak, weak_valid, tags = (t.to(device) for t in batch)
@@ -357,49 +311,28 @@ class Trainer:
                 student.rep, teacher.seg, teacher.rep, pseudo, tags, valid, n, self.bank,
                 unreliable_percent(epoch, params.epochs, params.contrast_percent), params, generator)
         total = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), params.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
         labelled = ((pseudo[:n] != IGNORE) & valid[:n]).sum() / valid[:n].sum().clamp_min(1)
-        return {"loss": float(total.detach()), **{k: float(losses[k].detach()) if k in losses else 0.0
-                                                  for k in LOSS_NAMES},
-                "anchor_classes": float(anchor_classes), "c2s_labelled": float(labelled)}
+        return total, {**{k: float(losses[k].detach()) if k in losses else 0.0 for k in LOSS_NAMES},
+                       "anchor_classes": float(anchor_classes), "c2s_labelled": float(labelled)}
+
+
+def describe_epoch(record: dict) -> str:
+    """The log line of an epoch's record: the total, the five losses and the anchors."""
+    return (f"loss {record['loss']:.4f} (" + ", ".join(f"{k} {record[k]:.4f}" for k in LOSS_NAMES)
+            + f"; {record['anchor_classes']:.2f} classes with contrast anchors per step)")
 
 
 @contextmanager
 def crf_pool(params):
     """A process pool for the class->segmentation CRFs; None without CRF or with one worker.
-    fork where available, as the crf refiner does: the workers run numpy and pydensecrf only."""
+    Its forked workers run numpy and pydensecrf only, and end with the trainer
+    (``exit_with_parent``): a SIGKILLed trainer would otherwise leave them behind."""
     if not params.c2s_crf:
         yield None
         return
-    from plabel_crf.refiner import available_cores
-
     workers = params.crf_workers if params.crf_workers is not None else available_cores()
     if workers <= 1:
         yield None
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
+    with process_pool(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         yield pool
-
-
-def exit_with_parent(parent: int) -> None:
-    """Process-pool initializer: a daemon thread ends the worker once ``parent`` is gone. A
-    SIGKILLed trainer would otherwise leave its forked workers waiting for work forever (the
-    pipe they read stays open in their siblings, so they never see its end)."""
-    import threading
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()

@@ -1,14 +1,18 @@
 """AffinityNet (PSA, Ahn & Kwak, CVPR 2018) for the ``randomwalk`` refiner: trained on
 labels from the input CAM set (PSA's two-alpha CRF labels, ``psa_labels``, or IRN's IR
-labels), pairs within radius 5 at stride 8, predicting the walk's affinities. The refiner
-imports this module only with ``affinity=affinitynet``."""
+labels), pairs within radius 5 at stride 8, predicting the walk's affinities. Registered as
+the affinity ``affinitynet`` (:class:`AffinityNetAffinity`); the refiner builds it through
+the registry and so never imports this plugin."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from plabel_kit import Affinity
+from plabel_kit.toolkit.checkpoints import load_checkpoint, save_checkpoint
+from plabel_kit.toolkit.runtime import barrier, is_main_process, log, pick_device
 
 FINAL = "affinitynet_final.pth"
 #: where AffinityNet's training labels come from: PSA's two-alpha CRFs or IRN's IR labels
@@ -61,12 +65,10 @@ class AffinityModel:
 
     @classmethod
     def load(cls, path, device) -> "AffinityModel":
-        import torch
-
         from .model import AffinityNet
 
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or "affinitynet" not in state:
+        state = load_checkpoint(path, "AffinityNet checkpoint")
+        if "affinitynet" not in state:
             raise ValueError(f"{path}: not an AffinityNet checkpoint")
         net = AffinityNet(state["architecture"]["backbone"])
         net.load_state_dict(state["affinitynet"])
@@ -115,16 +117,49 @@ class AffinityModel:
                                 training.seed, 0)
             train_affinity(net, lambda model, images: feature_affinity(model(images), training.radius), groups,
                            items, schedule, workdir, device, "affinitynet", log)
-            if int(os.environ.get("RANK", 0)) == 0:
-                tmp = workdir / f".{FINAL}.{os.getpid()}"
-                torch.save({"affinitynet": net.state_dict(), "architecture": {"backbone": backbone}}, tmp)
-                os.replace(tmp, final)
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            torch.distributed.barrier()
+            if is_main_process():
+                save_checkpoint({"affinitynet": net.state_dict(), "architecture": {"backbone": backbone}}, final)
+        barrier()  # the other ranks load what rank 0 wrote
         return cls.load(final, device)
 
     def affinity(self, image: np.ndarray, grid: tuple[int, int], radius: int) -> np.ndarray:
         """uint8 [H, W, 3] -> float64 [D, h, w] affinities on the walk grid."""
-        from plabel_cam.infer import normalise
+        from plabel_kit.toolkit.inference import normalise
 
         return self.net.grid_affinity(normalise(image).to(self.device), grid, radius)
+
+
+@dataclass
+class AffinityNetAffinity(Affinity):
+    """PSA's AffinityNet affinities (Ahn & Kwak, CVPR 2018): loaded from ``checkpoint``, else
+    trained by ``fit`` (``epochs``, ``crop_size``, ``labels``: see :class:`AffinityTraining`;
+    checkpoints in the refiner's ``<out>/work``) on the refiner's input, a CAM label set
+    with scores and its CAM checkpoint. Reads the image; the scores walk unchanged."""
+
+    checkpoint: str | None = None
+    epochs: int = 8
+    crop_size: int = 448
+    labels: str = "psa"
+    device: str = "auto"
+
+    inputs = ("checkpoint",)
+    runtime = ("device",)
+
+    def __post_init__(self):
+        if self.labels not in LABELS:
+            raise ValueError(f"labels must be one of {', '.join(LABELS)}, not {self.labels!r}")
+        self._model: AffinityModel | None = None
+
+    def fit(self, dataset, labels, workdir: Path) -> None:
+        device = pick_device(self.device)
+        self._model = AffinityModel.load(self.checkpoint, device) if self.checkpoint \
+            else AffinityModel.train(dataset, labels, workdir, device,
+                                     AffinityTraining(self.epochs, crop_size=self.crop_size, labels=self.labels), log)
+
+    def walk_inputs(self, sample, scores, stride, radius):
+        if self._model is None:
+            raise RuntimeError("affinitynet: fit() must run before walk_inputs()")
+        return self._model.affinity(sample.image, scores.shape[1:], radius), scores
+
+    def close(self) -> None:
+        self._model = None  # the network's (GPU) memory

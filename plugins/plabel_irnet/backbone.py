@@ -6,7 +6,7 @@ from torch import nn
 
 
 class StageBackbone(nn.Module):
-    """mmseg ResNet (a ``plabel_cam.model.BACKBONES`` preset) returning the stem (after the
+    """mmseg ResNet (a ``plabel_kit.toolkit.backbones.BACKBONES`` preset) returning the stem (after the
     max pool, stride 4) and the four stages: IRN's ``stage1..stage5``. ``frozen_stages``
     (mmseg's: -1 none, 0 the stem, k the stem and stages 1..k) stay fixed in training."""
 
@@ -14,7 +14,7 @@ class StageBackbone(nn.Module):
         super().__init__()
         import mmseg.models  # noqa: F401  (fills mmseg's MODELS registry)
         from mmseg.registry import MODELS
-        from plabel_cam.model import BACKBONES, OUTPUT_STRIDES, check_architecture
+        from plabel_kit.toolkit.backbones import BACKBONES, OUTPUT_STRIDES, check_architecture
 
         check_architecture(name, output_stride)
         strides, dilations = OUTPUT_STRIDES[output_stride]
@@ -38,10 +38,11 @@ class StageBackbone(nn.Module):
 
     def load_cam(self, path) -> dict:
         """Backbone weights of a plabel CAM checkpoint; returns its architecture dict."""
-        from plabel_cam.model import backbone_state_from
+        from plabel_kit.toolkit.backbones import backbone_state_from
+        from plabel_kit.toolkit.checkpoints import load_checkpoint
 
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or "architecture" not in state:
+        state = load_checkpoint(path, "plabel CAM checkpoint")
+        if "architecture" not in state:
             raise ValueError(f"{path}: not a plabel CAM checkpoint (no 'architecture')")
         result = self.resnet.load_state_dict(backbone_state_from(state["model"]), strict=False)
         if result.missing_keys:

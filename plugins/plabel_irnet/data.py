@@ -1,7 +1,6 @@
 """IR labels from a CAM label set, and augmented (image, pair labels) training items."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,8 @@ import torch
 
 from plabel_kit import DataError
 from plabel_kit.datasets import Dataset, load_image
+from plabel_kit.labelset import write_atomic
+from plabel_kit.toolkit.augment import random_resize_flip_crop_pair
 
 from .pairs import IGNORE, pair_labels
 
@@ -27,7 +28,7 @@ def cam_checkpoint(label_set) -> Path | None:
 
 class IrLabels:
     """IRN's training labels (255 = unsure) per image: the CAM set's labels when it was made
-    with ``mode=ir_labels``, else ``plabel_cam.source.ir_labels`` of its scores (thresholds
+    with ``mode=ir_labels``, else ``plabel_kit.toolkit.cam.ir_labels`` of its scores (thresholds
     0.30 / 0.05 + CRF, or the set's own ``fg_threshold`` / ``bg_threshold``)."""
 
     def __init__(self, label_set):
@@ -49,39 +50,10 @@ class IrLabels:
         if scores is None:
             raise DataError(f"{self.label_set.path} has no scores for this image and is no ir_labels CAM set",
                             path=self.label_set.label_path(image_id), image_id=image_id)
-        from plabel_cam.source import ir_labels
+        from plabel_kit.toolkit.cam import ir_labels
 
         planes, keys = resize_scores(scores[0].astype(np.float32), size), np.asarray(scores[1], np.int64)
         return ir_labels(image, planes, keys, *self.thresholds)
-
-
-def augment_pair(image: np.ndarray, label: np.ndarray, rng, resize_long, crop: int, *, fill=IGNORE,
-                 interpolation=None):
-    """Random long-side resize, flip and crop (image zero-padded, label ``fill``-padded), as
-    IRN's and PSA's affinity training: -> (normalised float32 [3, S, S], [S, S] or [S, S, C]
-    of the label's dtype). The label (uint8 [H, W], or planes [H, W, C]) is resized with
-    ``interpolation``; None = nearest at pixel centres (``cv2.INTER_NEAREST_EXACT``, which
-    equals IRN's PIL nearest; ``INTER_NEAREST`` is half a pixel off)."""
-    import cv2
-    from plabel_cam.infer import normalise
-
-    height, width = image.shape[:2]
-    scale = rng.integers(resize_long[0], resize_long[1] + 1) / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-    resized = cv2.resize(label, size, interpolation=cv2.INTER_NEAREST_EXACT if interpolation is None else interpolation)
-    label = resized.reshape(resized.shape[:2] + label.shape[2:])  # cv2 drops a single channel
-    if rng.random() < 0.5:
-        image, label = image[:, ::-1], label[:, ::-1]
-    tensor = normalise(np.ascontiguousarray(image))
-    h, w = label.shape[:2]
-    out_image, out_label = torch.zeros(3, crop, crop), np.full((crop, crop) + label.shape[2:], fill, label.dtype)
-    top, left = rng.integers(0, max(h - crop, 0) + 1), rng.integers(0, max(w - crop, 0) + 1)
-    dst_top, dst_left = rng.integers(0, max(crop - h, 0) + 1), rng.integers(0, max(crop - w, 0) + 1)
-    ch, cw = min(crop, h), min(crop, w)
-    out_image[:, dst_top:dst_top + ch, dst_left:dst_left + cw] = tensor[:, top:top + ch, left:left + cw]
-    out_label[dst_top:dst_top + ch, dst_left:dst_left + cw] = label[top:top + ch, left:left + cw]
-    return out_image, out_label
 
 
 class PairItems(torch.utils.data.Dataset):
@@ -110,9 +82,7 @@ class PairItems(torch.utils.data.Dataset):
             return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         label = self.labels(sample.id, image, sample.image_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.png")
-        cv2.imwrite(str(tmp), label)
-        os.replace(tmp, path)
+        write_atomic(path, cv2.imencode(".png", label)[1].tobytes())  # a concurrent rank never reads half
         return label
 
     def __getitem__(self, index):
@@ -120,7 +90,7 @@ class PairItems(torch.utils.data.Dataset):
         image = load_image(sample.image_path, sample.id)
         label = self.ir_label(sample, image)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        tensor, label = augment_pair(image, label, rng, self.resize_long, self.crop)
+        tensor, label = random_resize_flip_crop_pair(image, label, rng, self.resize_long, self.crop, fill=IGNORE)
         return tensor, torch.from_numpy(pair_labels(cell_centres(label, self.stride), self.radius))
 
 

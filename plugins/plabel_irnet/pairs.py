@@ -1,5 +1,5 @@
 """Pair labels and pair affinities on a grid, over the pairs of
-``plabel_randomwalk.affinity.neighbour_offsets(radius)`` (IRN's ``PathIndex`` / PSA's
+``plabel_kit.toolkit.affinity.neighbour_offsets(radius)`` (IRN's ``PathIndex`` / PSA's
 ``get_indices_in_radius``). Entry [..., d, y, x] is the pair (y, x) - (y + dy_d, x + dx_d)."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def pair_labels(label: np.ndarray, radius: int) -> np.ndarray:
     """IRN's / PSA's affinity labels from an IR label map. uint8 [h, w] (255 = unsure) ->
     uint8 [3, D, h, w]: planes (background pair, same-foreground-class pair, pair of
     different classes). A pair with an unsure end or an end off the grid is in no plane."""
-    from plabel_randomwalk.affinity import neighbour_offsets
+    from plabel_kit.toolkit.affinity import neighbour_offsets
 
     height, width = label.shape
     padded = np.pad(label, radius, constant_values=IGNORE)
@@ -38,9 +38,9 @@ def _shifted(maps: torch.Tensor, offsets, radius: int, fill: float) -> torch.Ten
 
 def path_affinity(boundary: torch.Tensor, radius: int) -> torch.Tensor:
     """IRN's ``to_affinity``: 1 - the largest boundary value on the path between the pair
-    (``plabel_randomwalk.affinity.path_offsets``), differentiable. boundary [B, h, w] in 0..1
+    (``plabel_kit.toolkit.affinity.path_offsets``), differentiable. boundary [B, h, w] in 0..1
     -> [B, D, h, w]; cells off the grid count as boundary."""
-    from plabel_randomwalk.affinity import neighbour_offsets, path_offsets
+    from plabel_kit.toolkit.affinity import neighbour_offsets, path_offsets
 
     cells = sorted({c for o in neighbour_offsets(radius) for c in path_offsets(*o)})
     where = {c: i for i, c in enumerate(cells)}
@@ -52,7 +52,7 @@ def path_affinity(boundary: torch.Tensor, radius: int) -> torch.Tensor:
 def feature_affinity(features: torch.Tensor, radius: int) -> torch.Tensor:
     """PSA's affinity exp(-mean_c |f_i - f_j|): features [B, C, h, w] -> [B, D, h, w] (0 for
     partners off the grid)."""
-    from plabel_randomwalk.affinity import neighbour_offsets
+    from plabel_kit.toolkit.affinity import neighbour_offsets
 
     offsets = neighbour_offsets(radius)
     others = _shifted(features, offsets, radius, 0.0)

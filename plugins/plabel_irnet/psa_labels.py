@@ -3,7 +3,7 @@
 
 Per image, the CAM planes (each divided by its max) get PSA's background plane
 (1 - max)^alpha twice, at a low alpha (4: a strong background) and a high alpha (32: a weak
-one), and each stack goes through the dense CRF's softmax recipe (``plabel_crf.recipes``).
+one), and each stack goes through the dense CRF's softmax recipe (``plabel_kit.toolkit.crf``).
 A training crop's two CRF marginal stacks are averaged over each 8 x 8 cell; a cell is the
 low-alpha argmax class where that is a foreground class (confident foreground), background
 where the high-alpha argmax is background (confident background), 255 otherwise and where
@@ -11,7 +11,7 @@ the crop is padding.
 """
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,10 @@ import torch
 
 from plabel_kit import DataError
 from plabel_kit.datasets import load_image
+from plabel_kit.labelset import write_atomic
+from plabel_kit.toolkit.augment import random_resize_flip_crop_pair
 
-from .data import PairItems, augment_pair
+from .data import PairItems
 from .pairs import IGNORE, pair_labels
 
 #: PSA's ``infer_cls.py`` defaults (``--low_alpha``, ``--high_alpha``)
@@ -32,7 +34,7 @@ def psa_crf_planes(image: np.ndarray, scores: np.ndarray, keys: np.ndarray, low_
     """PSA's ``_crf_with_alpha`` at both alphas. image uint8 [H, W, 3]; scores float [K, H, W]
     (CAM planes; a key-0 plane is dropped), keys int [K] -> (marginals float32 [2, n, H, W]:
     low alpha, high alpha; keys int64 [n] = 0 followed by the foreground keys)."""
-    from plabel_crf.recipes import crf_scores, psa_background
+    from plabel_kit.toolkit.crf import crf_scores, psa_background
     from plabel_kit.arrays import foreground_planes
 
     foreground, fg_keys = foreground_planes(np.asarray(scores, np.float32), np.asarray(keys, np.int64))
@@ -97,9 +99,9 @@ class PsaPairItems(PairItems):
         marginals, keys = self.labels(sample.id, image, sample.image_path)
         planes = np.round(np.clip(marginals, 0, 1) * 255).astype(np.uint8).reshape(-1, *marginals.shape[2:])
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{sample.id}.{os.getpid()}.npz")
-        np.savez_compressed(tmp, planes=planes, keys=keys)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, planes=planes, keys=keys)
+        write_atomic(path, buffer.getvalue())  # a concurrent rank or a kill never leaves half a file
         return planes, keys
 
     def __getitem__(self, index):
@@ -110,8 +112,8 @@ class PsaPairItems(PairItems):
         planes, keys = self.crf_planes(sample, image)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         hwc = np.ascontiguousarray(np.moveaxis(planes, 0, -1), dtype=np.float32) / 255.0
-        tensor, hwc = augment_pair(image, hwc, rng, self.resize_long, self.crop, fill=0.0,
-                                   interpolation=cv2.INTER_LINEAR)
+        tensor, hwc = random_resize_flip_crop_pair(image, hwc, rng, self.resize_long, self.crop, fill=0.0,
+                                                   label_interpolation=cv2.INTER_LINEAR)
         return tensor, torch.from_numpy(pair_labels(psa_cell_labels(hwc, keys, self.stride), self.radius))
 
 

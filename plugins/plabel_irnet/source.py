@@ -11,14 +11,10 @@ from typing import ClassVar
 import numpy as np
 
 from plabel_kit import LabelSource, PseudoLabel
+from plabel_kit.toolkit.checkpoints import load_checkpoint, save_checkpoint
+from plabel_kit.toolkit.runtime import is_main_process, log
 
 FINAL = "irn_final.pth"
-
-
-def _log(message: str):
-    from plabel_cam.source import _log as log
-
-    log(message)
 
 
 @dataclass
@@ -86,7 +82,7 @@ class Irnet(LabelSource):
         return {"backbone": self.backbone, "output_stride": self.output_stride}
 
     def fit(self, dataset, workdir: Path) -> None:
-        from plabel_cam.source import pick_device
+        from plabel_kit.toolkit.runtime import pick_device
         from plabel_kit.stages import train_once
 
         if self._cam.classes != list(dataset.classes):
@@ -101,10 +97,8 @@ class Irnet(LabelSource):
         return BoundaryNet(arch["backbone"], arch["output_stride"])
 
     def _load(self, path):
-        import torch
-
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(state, dict) or "architecture" not in state or "boundary" not in state:
+        state = load_checkpoint(path, "irnet checkpoint")
+        if "architecture" not in state or "boundary" not in state:
             raise ValueError(f"{path}: not an irnet checkpoint")
         model = self._new_model(state["architecture"])
         model.load_state_dict(state["boundary"])
@@ -112,7 +106,7 @@ class Irnet(LabelSource):
 
     def _train(self, dataset, workdir: Path):
         import torch
-        from plabel_cam.model import load_pretrained
+        from plabel_kit.toolkit.backbones import load_pretrained
 
         from .data import IrLabels, PairItems, cam_checkpoint
         from .pairs import path_affinity
@@ -130,7 +124,7 @@ class Irnet(LabelSource):
         else:
             raise ValueError(f"{self.cam}: no CAM checkpoint found for the frozen backbone; "
                              f"give --pretrained WEIGHTS")
-        _log(f"irnet: frozen {arch['backbone']} backbone from {weights or self.pretrained}")
+        log(f"irnet: frozen {arch['backbone']} backbone from {weights or self.pretrained}")
         items = PairItems(dataset, IrLabels(self._cam), workdir / "ir_labels", stride=4, radius=self.train_radius,
                           crop=self.crop_size, resize_long=tuple(self.resize_long), seed=self.seed)
         schedule = Schedule(self.epochs, self.train_batch_size, self.lr, self.weight_decay, self.momentum,
@@ -138,11 +132,9 @@ class Irnet(LabelSource):
         radius = self.train_radius
         train_affinity(model, lambda net, images: path_affinity(torch.sigmoid(net(images))[:, 0], radius),
                        [{"params": model.trainable(), "lr": self.lr}], items, schedule, workdir,
-                       self._device, "irnet", _log)
-        if int(os.environ.get("RANK", 0)) == 0:
-            tmp = workdir / f".{FINAL}.{os.getpid()}"
-            torch.save({"boundary": model.state_dict(), "architecture": arch}, tmp)
-            os.replace(tmp, workdir / FINAL)
+                       self._device, "irnet", log)
+        if is_main_process():
+            save_checkpoint({"boundary": model.state_dict(), "architecture": arch}, workdir / FINAL)
 
     def predict(self, samples):
         if self._model is None:
@@ -151,10 +143,10 @@ class Irnet(LabelSource):
 
     def walk(self, sample) -> PseudoLabel:
         """IRN's ``make_sem_seg_labels`` for one sample, with the sparse walk."""
-        from plabel_cam.infer import normalise
-        from plabel_kit.arrays import resize_scores, scores_to_labels
-        from plabel_randomwalk.affinity import boundary_affinity
-        from plabel_randomwalk.walk import grid_size, pool_to_grid, propagate, upsample_from_grid, walk_operator
+        from plabel_kit.arrays import resize_scores
+        from plabel_kit.toolkit.affinity import boundary_affinity
+        from plabel_kit.toolkit.inference import normalise
+        from plabel_kit.toolkit.walk import grid_size, pool_to_grid, walk_scores
 
         size = sample.image.shape[:2]
         grid = grid_size(size, 4)
@@ -167,13 +159,10 @@ class Irnet(LabelSource):
         fg = keys != 0
         scores, keys = pseudo.scores[fg], keys[fg]
         planes = pool_to_grid(resize_scores(scores.astype(np.float32), size), 4) * (1.0 - boundary)
-        operator = walk_operator(boundary_affinity(boundary, self.radius), self.radius, self.beta)
-        walked = propagate(planes, operator, 2 ** self.log_steps, str(self._device))
-        up = upsample_from_grid(walked, 4, size)
-        peak = float(up.max(initial=0.0))
-        if peak > 0:
-            walked, up = walked / peak, up / peak
-        return PseudoLabel(scores_to_labels(up, keys, self.threshold), walked.astype(np.float32), keys, stride=4)
+        label, walked = walk_scores(planes, keys, boundary_affinity(boundary, self.radius), radius=self.radius,
+                                    beta=self.beta, steps=2 ** self.log_steps, stride=4, size=size,
+                                    threshold=self.threshold, device=str(self._device))
+        return PseudoLabel(label, walked.astype(np.float32), keys, stride=4)
 
     def _save_boundary(self, image_id: str, boundary: np.ndarray):
         folder = self._workdir / "boundaries"

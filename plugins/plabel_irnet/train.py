@@ -1,5 +1,5 @@
 """Affinity training shared by IRNet's boundary branch and AffinityNet: SGD with poly decay
-(IRN's / PSA's schedule) through the CAM trainer's epoch loop (``plabel_cam.train.run_epochs``:
+(IRN's / PSA's schedule) through the CAM trainer's epoch loop (``plabel_kit.toolkit.training.run_epochs``:
 deterministic per (seed, epoch, index), resumable from ``<workdir>/latest.pth``, DDP), with
 the pair loss of ``pairs.affinity_loss`` (DDP-aware)."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ def train_affinity(model, affinity_of, param_groups, items, schedule: Schedule, 
                    name: str, log) -> None:
     """Train ``model`` in place. ``affinity_of(net, images)`` -> affinities [B, D, h, w];
     ``param_groups``: SGD groups with a "lr" each (decayed by poly from there)."""
-    from plabel_cam.train import run_epochs
+    from plabel_kit.toolkit.training import run_epochs
 
     from .pairs import affinity_loss
 

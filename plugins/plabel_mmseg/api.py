@@ -34,6 +34,35 @@ def parse_launch_args(parser):
     return args
 
 
+def tool_parser(description: str, config_help: str):
+    """The argparse parser of tools/train.py and tools/test.py, with their CONFIG argument;
+    they add their options and parse with ``parse_tool_args``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('config', help=config_help)
+    return parser
+
+
+def add_data_arguments(parser, data_help: str) -> None:
+    """``--data`` and ``--split``, as tools/train.py and tools/test.py take them."""
+    parser.add_argument('--data', help=data_help)
+    parser.add_argument('--split', help='split of a VOC root (default train)')
+
+
+def parse_tool_args(parser):
+    """``add_launch_arguments`` then ``parse_launch_args``: the tools' command line."""
+    add_launch_arguments(parser)
+    return parse_launch_args(parser)
+
+
+def tool_options(args, *skip: str) -> dict:
+    """``train`` / ``test`` keyword arguments from a tool's parsed command line: every option
+    under its own name, ``--work-dir`` as ``work``, without ``skip`` and ``--local-rank``."""
+    options = {k: v for k, v in vars(args).items() if k not in (*skip, 'work_dir', 'local_rank')}
+    return dict(options, work=args.work_dir)
+
+
 def metrics_json(metrics: dict) -> str:
     """``test``'s scores as JSON; a class absent from ground truth and prediction has no IoU: null."""
     import json

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from plabel_kit.cli import PlabelGroup
+from plabel_kit.commands import PlabelGroup
 
 
 @click.group("segment", cls=PlabelGroup)
@@ -41,6 +41,18 @@ cfg_options_option = click.option("--cfg-options", "cfg_options", multiple=True,
                                        "train_dataloader.batch_size=8 default_hooks.checkpoint.interval=500 "
                                        "(further KEY=VALUE arguments are taken too).")
 more_options_argument = click.argument("more_cfg_options", nargs=-1, metavar="[KEY=VALUE]...")
+
+
+def checkpoint_and_data_options(data_help: str):
+    """``--checkpoint`` (trained weights), ``--data`` (described by ``data_help``) and
+    ``--split``: what ``segment test`` and ``segment predict`` read."""
+    def decorate(f):
+        f = click.option("--split", default=None, help="Split of a VOC root (default train).")(f)
+        f = click.option("--data", required=True, type=click.Path(exists=True), help=data_help)(f)
+        return click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+                            help="Trained weights (a work dir's iter_N.pth).")(f)
+
+    return decorate
 
 
 @segment.command()
@@ -90,11 +102,7 @@ def train(config, data, split, labels, manual, manual_split, val, val_split, wor
 
 @segment.command()
 @config_option
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Trained weights (a work dir's iter_N.pth).")
-@click.option("--data", required=True, type=click.Path(exists=True),
-              help="Test images with ground-truth masks: CSV index or VOC root.")
-@click.option("--split", default=None, help="Split of a VOC root (default train).")
+@checkpoint_and_data_options("Test images with ground-truth masks: CSV index or VOC root.")
 @click.option("--work", type=click.Path(file_okay=False), help="Log folder (default: the checkpoint's).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the scores here.")
 @launcher_option
@@ -135,11 +143,7 @@ def _table(metrics: dict, title: str):
 
 @segment.command()
 @config_option
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Trained weights (a work dir's iter_N.pth).")
-@click.option("--data", required=True, type=click.Path(exists=True),
-              help="Images to label: CSV index or VOC root.")
-@click.option("--split", default=None, help="Split of a VOC root (default train).")
+@checkpoint_and_data_options("Images to label: CSV index or VOC root.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Label set folder to write (resumes if it exists).")
 @click.option("--scores", is_flag=True, help="Also save softmax scores (scores/<id>.npz).")

@@ -1,25 +1,28 @@
 """The ``randomwalk`` refiner: score maps propagated over pixel affinities (IRN, PSA)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from plabel_kit import DataError, PseudoLabel, Refiner, Sample
-from plabel_kit.arrays import resize_scores, scores_to_labels
-
-from .affinity import boundary_affinity, image_affinity
-from .walk import grid_size, max_pool_to_grid, pool_to_grid, propagate, upsample_from_grid, walk_operator
+from plabel_kit import DataError, PseudoLabel, Refiner, RegistryError, Sample
+from plabel_kit.arrays import resize_scores
+from plabel_kit.toolkit.walk import grid_size, pool_to_grid, walk_scores
 
 #: per recipe: walk stride, beta, background exponent alpha (None: IRN's threshold rule)
 RECIPES = {
     "irn": {"stride": 4, "beta": 10.0, "alpha": None},
     "psa": {"stride": 8, "beta": 8.0, "alpha": 16.0},
 }
-#: affinity sources; "affinitynet" is PSA's trained one, from the irnet plugin
-AFFINITIES = ("image", "boundary", "affinitynet")
+#: the built-in affinities and the plugin (module) that registers each: named in the error
+#: when that plugin is not loaded. Any other registered affinity works too.
+BUILT_IN_AFFINITIES = {"image": ("randomwalk", "plabel_randomwalk"),
+                       "boundary": ("randomwalk", "plabel_randomwalk"),
+                       "affinitynet": ("irnet", "plabel_irnet")}
+#: RandomWalk parameter -> the affinity parameter it sets, for affinities that declare it
+AFFINITY_OPTIONS = {"sigma": "sigma", "boundaries": "boundaries", "affinity_checkpoint": "checkpoint",
+                    "affinity_epochs": "epochs", "affinity_crop": "crop_size", "device": "device"}
 #: AffinityNet's training labels: PSA's two-alpha CRF labels or IRN's IR labels
 AFFINITY_LABELS = ("psa", "irn")
 
@@ -42,15 +45,20 @@ class RandomWalk(Refiner):
 
     A background plane in the input (key 0) walks too, and the label is then the argmax.
 
-    Affinities (``affinity``), between cells within ``radius`` on the walk grid:
+    Affinities (``affinity``), between cells within ``radius`` on the walk grid, are
+    components of kind ``affinity`` (:class:`plabel_kit.Affinity`) built from the registry:
+    any plugin may register one. This refiner's parameters ``sigma``, ``boundaries``,
+    ``affinity_checkpoint`` / ``affinity_epochs`` / ``affinity_crop`` / ``affinity_labels``
+    and ``device`` set the affinity's ``sigma``, ``boundaries``, ``checkpoint`` / ``epochs`` /
+    ``crop_size`` / ``labels`` and ``device`` when it has them. Built in:
 
     \b
-    - ``image``: colour similarity exp(-|dc|^2 / 2 sigma^2) of cells' mean RGB (0..1); needs
-      no training.
-    - ``boundary``: IRN's, 1 - max boundary on the path, from ``boundaries``/<id>.npy (float
-      [h, w] in 0..1 on the walk grid or at image size); the scores are first multiplied by
-      (1 - boundary), as IRN does.
-    - ``affinitynet``: PSA's AffinityNet (plugin ``irnet``): loaded from ``affinity_checkpoint``,
+    - ``image`` (plugin ``randomwalk``): colour similarity exp(-|dc|^2 / 2 sigma^2) of cells'
+      mean RGB (0..1); needs no training.
+    - ``boundary`` (plugin ``randomwalk``): IRN's, 1 - max boundary on the path, from
+      ``boundaries``/<id>.npy (float [h, w] in 0..1 on the walk grid or at image size); the
+      scores are first multiplied by (1 - boundary), as IRN does.
+    - ``affinitynet`` (plugin ``irnet``): PSA's AffinityNet: loaded from ``affinity_checkpoint``,
       else trained (``affinity_epochs``, ``affinity_crop``; checkpoints in ``<out>/work``)
       on labels of the input, a CAM label set with scores; use with ``recipe=psa``.
       ``affinity_labels``: ``psa`` (PSA's: the CAM scores with background (1 - max)^alpha
@@ -85,13 +93,6 @@ class RandomWalk(Refiner):
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
-        if self.affinity not in AFFINITIES:
-            raise ValueError(f"affinity must be one of {', '.join(AFFINITIES)}, not {self.affinity!r}")
-        if (self.affinity == "boundary") != bool(self.boundaries):
-            raise ValueError("affinity=boundary reads boundary maps from --boundaries DIR, and only "
-                             "it does")
-        if self.boundaries and not Path(self.boundaries).is_dir():
-            raise ValueError(f"boundaries: {self.boundaries} is not a folder")
         for name in ("stride", "radius"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -100,13 +101,35 @@ class RandomWalk(Refiner):
             raise ValueError(f"log_steps must be >= 0, got {self.log_steps}")
         if self.sigma <= 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
-        if self.affinity_labels is not None:
-            if self.affinity_labels not in AFFINITY_LABELS:
-                raise ValueError(f"affinity_labels must be one of {', '.join(AFFINITY_LABELS)}, "
-                                 f"not {self.affinity_labels!r}")
-            if self.affinity != "affinitynet":
-                raise ValueError("affinity_labels chooses AffinityNet's training labels: it needs "
-                                 "affinity=affinitynet")
+        if self.affinity_labels is not None and self.affinity_labels not in AFFINITY_LABELS:
+            raise ValueError(f"affinity_labels must be one of {', '.join(AFFINITY_LABELS)}, "
+                             f"not {self.affinity_labels!r}")
+        self._affinity = self.build_affinity()
+
+    def build_affinity(self):
+        """The ``affinity`` component from the registry, given those of this refiner's
+        parameters it declares (``AFFINITY_OPTIONS``, ``labels``)."""
+        from plabel_kit import get_registry
+        from plabel_kit.registry import parameters
+
+        registry = get_registry()
+        if not registry.registrants("affinity", self.affinity) and self.affinity in BUILT_IN_AFFINITIES:
+            plugin, module = BUILT_IN_AFFINITIES[self.affinity]
+            raise RegistryError(f"affinity {self.affinity!r} is registered by no installed plugin ({module}): "
+                                f"{_why_not_loaded(plugin)}")
+        declared = {p.name for p in parameters(registry.get("affinity", self.affinity))}
+        # only boundary maps and training labels are refused when unused: the other options
+        # have defaults, which every affinity that does not declare them simply ignores
+        if self.boundaries and "boundaries" not in declared:
+            raise ValueError(f"--boundaries is read by affinity=boundary, not by affinity={self.affinity}")
+        if self.affinity_labels is not None and "labels" not in declared:
+            raise ValueError(f"affinity_labels chooses AffinityNet's training labels: it needs "
+                             f"affinity=affinitynet, not affinity={self.affinity}")
+        config = {target: getattr(self, option) for option, target in AFFINITY_OPTIONS.items()
+                  if target in declared}
+        if "labels" in declared:
+            config["labels"] = self.training_labels()
+        return registry.build("affinity", {"type": self.affinity, **config})
 
     def setting(self, name: str):
         """A parameter, or the recipe's value when it is None."""
@@ -124,47 +147,27 @@ class RandomWalk(Refiner):
             return self.device
         import torch
 
+        from plabel_kit.toolkit.runtime import local_rank
+
         if torch.cuda.is_available():
-            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+            # modulo: more ranks than GPUs on this machine share them
+            return f"cuda:{local_rank() % torch.cuda.device_count()}"
         return "cpu"
 
     def fit(self, dataset, labels, workdir: Path) -> None:
-        if self.affinity != "affinitynet":
-            return
-        from plabel_cam.source import _log, pick_device
-        from plabel_irnet.affinitynet import AffinityModel, AffinityTraining
+        self._affinity.fit(dataset, labels, workdir)
 
-        device = pick_device(self.device)
-        self._affinitynet = AffinityModel.load(self.affinity_checkpoint, device) if self.affinity_checkpoint \
-            else AffinityModel.train(dataset, labels, workdir, device,
-                                     AffinityTraining(self.affinity_epochs, crop_size=self.affinity_crop,
-                                                      labels=self.training_labels()), _log)
+    def close(self) -> None:
+        self._affinity.close()
 
     def refine(self, sample: Sample, pseudo: PseudoLabel) -> PseudoLabel:
         stride = self.setting("stride")
         size = sample.image.shape[:2]
-        grid = grid_size(size, stride)
-        scores, keys = self.grid_scores(sample, pseudo, grid, stride)
-        if self.affinity == "boundary":
-            boundary = self.boundary_map(sample, grid, stride)
-            affinity = boundary_affinity(boundary, self.radius)
-            scores = scores * (1.0 - boundary)
-        elif self.affinity == "affinitynet":
-            affinity = self._affinitynet.affinity(sample.image, grid, self.radius)
-        else:
-            colours = pool_to_grid(np.moveaxis(sample.image, -1, 0) / 255.0, stride)
-            affinity = image_affinity(np.moveaxis(colours, 0, -1), self.radius, self.sigma)
-        operator = walk_operator(affinity, self.radius, self.setting("beta"))
-        walked = propagate(scores, operator, 2 ** self.log_steps, self.torch_device())
-        up = upsample_from_grid(walked, stride, size)
-        if (keys == 0).any():
-            label = keys.astype(np.uint8)[np.argmax(up, axis=0)]
-        else:
-            # IRN: normalise by the global max (not per class), then threshold
-            peak = float(up.max(initial=0.0))
-            if peak > 0:
-                walked, up = walked / peak, up / peak
-            label = scores_to_labels(up, keys, self.threshold)
+        scores, keys = self.grid_scores(sample, pseudo, grid_size(size, stride), stride)
+        affinity, scores = self._affinity.walk_inputs(sample, scores, stride, self.radius)
+        label, walked = walk_scores(scores, keys, affinity, radius=self.radius, beta=self.setting("beta"),
+                                    steps=2 ** self.log_steps, stride=stride, size=size,
+                                    threshold=self.threshold, device=self.torch_device())
         if not self.save_scores or len(keys) == 0:
             return PseudoLabel(label)
         return PseudoLabel(label, walked.astype(np.float32), keys, stride=stride)
@@ -199,21 +202,13 @@ class RandomWalk(Refiner):
         top = scores.max(axis=0, keepdims=True) if len(scores) else np.zeros((1, *scores.shape[1:]))
         return np.concatenate([np.power(np.clip(1.0 - top, 0.0, None), alpha), scores])
 
-    def boundary_map(self, sample: Sample, grid: tuple[int, int], stride: int) -> np.ndarray:
-        """float64 [h, w] in 0..1 on the walk grid from ``boundaries``/<id>.npy. The hook an
-        in-process boundary provider (IRNet) overrides."""
-        path = Path(self.boundaries) / f"{sample.id}.npy"
-        try:
-            boundary = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise DataError("no boundary map for this image", path=path, image_id=sample.id) from None
-        except Exception as exc:
-            raise DataError(f"cannot read boundary map ({exc})", path=path, image_id=sample.id) from None
-        size = sample.image.shape[:2]
-        if boundary.ndim != 2 or boundary.shape not in (grid, size):
-            raise DataError(f"boundary map is {list(boundary.shape)}; expected the walk grid {list(grid)} "
-                            f"or the image size {list(size)}", path=path, image_id=sample.id)
-        boundary = boundary.astype(np.float64)
-        if not np.isfinite(boundary).all() or boundary.min() < 0 or boundary.max() > 1:
-            raise DataError("boundary values must be finite and in 0..1", path=path, image_id=sample.id)
-        return boundary if boundary.shape == grid else max_pool_to_grid(boundary, stride)
+
+def _why_not_loaded(plugin: str) -> str:
+    """Why the plugin named ``plugin`` registered nothing: broken (with its reason) or not loaded."""
+    from plabel_kit import get_plugins
+
+    for info in get_plugins().all():
+        if info.name == plugin and info.problem:
+            return f"plugin {plugin!r} is broken ({info.problem})"
+    return (f"plugin {plugin!r} is not installed or is disabled (PLABEL_DISABLE_PLUGINS / "
+            f"PLABEL_LOAD_PLUGINS)")

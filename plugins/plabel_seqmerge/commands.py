@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from plabel_kit.cli import PlabelGroup, data_options, parse_overrides
+from plabel_kit.commands import PlabelGroup, data_options, parse_overrides
 
 
 @click.group("sequence", cls=PlabelGroup)

@@ -76,7 +76,8 @@ class CamFeatures(Embedder):
         self._model = None
 
     def _load(self):
-        from plabel_cam.source import load_checkpoint, pick_device
+        from plabel_kit.toolkit.cam import load_cam_checkpoint as load_checkpoint
+        from plabel_kit.toolkit.runtime import pick_device
 
         if self._model is None:
             self._model, _ = load_checkpoint(self.checkpoint, pick_device(self.device))
@@ -95,7 +96,7 @@ class CamFeatures(Embedder):
     def embed(self, samples) -> np.ndarray:
         import torch
 
-        from plabel_cam.infer import normalise
+        from plabel_kit.toolkit.inference import normalise
 
         model = self._load()
         device = next(model.parameters()).device

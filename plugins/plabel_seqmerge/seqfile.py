@@ -87,15 +87,8 @@ def build_sequences(dataset, embedder, params: dict, progress: bool = True) -> d
             sequences.append({"id": f"{subject}-{k + 1:04d}", "subject": subject, "images": ids,
                               "representative": ids[medoid(features[members])]})
             sequenced.update(ids)
-    return {
-        "format_version": FORMAT_VERSION,
-        "sequences": sequences,
-        "unsequenced": [s.id for s in dataset.samples if s.id not in sequenced],
-        "not_sequenceable": skipped,
-        "params": params,
-        "embedder": {"type": embedder.name, "config": embedder.config()},
-        "dataset": {"source": dataset.source, "fingerprint": dataset.fingerprint(), "images": len(dataset)},
-    }
+    return _document(dataset, sequences, sequenced, skipped, params,
+                     {"type": embedder.name, "config": embedder.config()})
 
 
 def build_subject_sequences(dataset, split_gap: float = 0.0) -> dict:
@@ -118,13 +111,18 @@ def build_subject_sequences(dataset, split_gap: float = 0.0) -> dict:
             sequences.append({"id": f"{subject}-{k + 1:04d}", "subject": subject, "images": ids,
                               "representative": ids[len(ids) // 2]})
             sequenced.update(ids)
+    return _document(dataset, sequences, sequenced, skipped, {"by": "subject", "split_gap": float(split_gap)}, None)
+
+
+def _document(dataset, sequences: list, sequenced: set, skipped: list, params: dict, embedder: dict | None) -> dict:
+    """The SEQ.json document (FORMAT_VERSION) of ``sequences`` over ``dataset``."""
     return {
         "format_version": FORMAT_VERSION,
         "sequences": sequences,
         "unsequenced": [s.id for s in dataset.samples if s.id not in sequenced],
         "not_sequenceable": skipped,
-        "params": {"by": "subject", "split_gap": float(split_gap)},
-        "embedder": None,
+        "params": params,
+        "embedder": embedder,
         "dataset": {"source": dataset.source, "fingerprint": dataset.fingerprint(), "images": len(dataset)},
     }
 

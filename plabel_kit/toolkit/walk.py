@@ -6,7 +6,7 @@ at stride 4) and square it log_steps times. A has at most 2 * 34 + 1 non-zeros p
 2^log_steps sparse products with the score planes: the same numbers, a few MB.
 
 Shapes: scores float [K, h, w] on the walk grid; affinity float [D, h, w] as in
-:mod:`plabel_randomwalk.affinity`; full-resolution planes float [K, H, W].
+:mod:`plabel_kit.toolkit.affinity`; full-resolution planes float [K, H, W].
 """
 from __future__ import annotations
 
@@ -116,3 +116,33 @@ def upsample_from_grid(planes: np.ndarray, stride: int, size: tuple[int, int]) -
     tensor = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32))[None]
     up = F.interpolate(tensor, scale_factor=stride, mode="bilinear", align_corners=False)[0]
     return up[:, :size[0], :size[1]].numpy()
+
+
+def walk_scores(planes: np.ndarray, keys: np.ndarray, affinity: np.ndarray, *, radius: int, beta: float,
+                steps: int, stride: int, size: tuple[int, int], threshold: float,
+                device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """IRN's / PSA's walk of score planes, from the grid back to labels at image size: the
+    walk operator of ``affinity`` (``radius``, ``beta``), ``steps`` walk steps, bilinear
+    upsampling by ``stride`` cropped to ``size`` (H, W), then the labels.
+
+    planes float [K, h, w] on the walk grid, keys int [K] (their class ids), affinity float
+    [D, h, w] -> (labels uint8 [H, W], walked float64 [K, h, w]).
+
+    With a background plane (a key 0: PSA) the label is the argmax. Without (IRN), the
+    walked planes are divided by the global max of the upsampled ones (one max over classes
+    and pixels, not per class) and thresholded as :func:`plabel_kit.arrays.scores_to_labels`
+    does (background where no class exceeds ``threshold``); ``walked`` is returned divided."""
+    from ..arrays import scores_to_labels
+
+    keys = np.asarray(keys, np.int64)
+    if affinity.shape[1:] != planes.shape[1:]:
+        raise ValueError(f"affinity is on a {list(affinity.shape[1:])} grid but the scores on "
+                         f"{list(planes.shape[1:])}")
+    walked = propagate(planes, walk_operator(affinity, radius, beta), steps, device)
+    up = upsample_from_grid(walked, stride, size)
+    if (keys == 0).any():
+        return keys.astype(np.uint8)[np.argmax(up, axis=0)], walked
+    peak = float(up.max(initial=0.0))
+    if peak > 0:
+        walked, up = walked / peak, up / peak
+    return scores_to_labels(up, keys, threshold), walked

@@ -39,7 +39,8 @@ class Kernels(NamedTuple):
     bilateral_compat: float
 
 
-#: ANCHORS.md "Dense CRF": softmax (PSA), label (IRN, Puzzle-CAM, CSRM), deeplab (DeepLab-v2)
+#: the published recipes: softmax (jiwoon-ahn/psa), label (jiwoon-ahn/irn, Puzzle-CAM, lucasdavid/CSRM),
+#: deeplab (DeepLab-v2, Chen et al. 2017)
 RECIPES = {
     "softmax": Kernels(gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=80, bilateral_srgb=13,
                        bilateral_compat=10),

@@ -8,7 +8,11 @@ outside the grid.
 
 - ``boundary_affinity``: IRN's, from a boundary map (the IRNet model supplies it).
 - ``image_affinity``: from colour alone (no training), for any label set.
-- AffinityNet's learned affinities (PSA) will come with the AffinityNet plugin.
+- AffinityNet's learned affinities (PSA) come from a trained network: the ``irnet`` plugin
+  registers them as the affinity component ``affinitynet``.
+
+The ``randomwalk`` refiner takes its affinities from components of kind ``affinity``
+(:class:`plabel_kit.Affinity`), which call these functions.
 """
 from __future__ import annotations
 

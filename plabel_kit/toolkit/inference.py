@@ -44,8 +44,10 @@ def multiscale_cam(model, image: torch.Tensor, class_ids, scales=(1.0, 0.5, 1.5,
     [3, H, W]: per scale, the CAMs of the image and its mirror (relu'd, mirror flipped back)
     are summed and upsampled to the image size rounded up to the output stride, then cropped
     (IRN's ``strided_up_size``); scales are summed and each class plane is divided by its
-    own max (+1e-5). Returns float32 [K, H, W] in 0..1."""
+    own max (+1e-5). Returns float32 [K, H, W] in 0..1 (K = 0 for no class ids)."""
     height, width = image.shape[1:]
+    if len(class_ids) == 0:  # an untagged image: F.interpolate refuses an empty batch
+        return torch.zeros((0, height, width), dtype=torch.float32, device=image.device)
     rounded = (math.ceil(height / output_stride) * output_stride,
                math.ceil(width / output_stride) * output_stride)
     total = None

@@ -1,10 +1,13 @@
-"""The CAM classifier: an MMSegmentation backbone, global average pooling, a 1x1
-classifier without bias (IRN's ``resnet50_cam.Net``)."""
+"""ResNet backbones from MMSegmentation's registry by preset name, at output stride 16 or 8,
+with frozen stages and local pretrained weights (torchvision, mmpretrain or mmseg state dicts).
+
+The presets follow IRN (Ahn et al., CVPR 2019, github.com/jiwoon-ahn/irn): ``resnet50`` with
+the stride-16 layout of ``resnet50_cam``; ``resnet50_v1c`` is mmseg's deep-stem variant."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .checkpoints import load_checkpoint
 
 # name -> (mmseg backbone config, feature channels). V1c has the deep (3-conv) stem of
 # mmseg's pretrained models; plain "resnet50" matches torchvision / mmpretrain weights.
@@ -56,36 +59,6 @@ def build_backbone(name: str, output_stride: int, frozen_stem: bool = False, nor
     return MODELS.build(config), channels
 
 
-class CamNet(nn.Module):
-    """features [B, C, h, w] -> GAP -> 1x1 conv (no bias) -> logits [B, classes].
-
-    ``frozen_stages`` as ``build_backbone``: IRN's ``resnet50_cam.Net`` freezes conv1/bn1 and
-    detaches the output of ``layer2``, so with ImageNet weights only ``layer3``, ``layer4``
-    and the classifier learn (``frozen_stages=2``)."""
-
-    def __init__(self, backbone: str, num_classes: int, output_stride: int = 16,
-                 frozen_stem: bool = False, norm_eval: bool = False, frozen_stages: int | None = None):
-        super().__init__()
-        self.backbone, channels = build_backbone(backbone, output_stride, frozen_stem, norm_eval, frozen_stages)
-        self.classifier = nn.Conv2d(channels, num_classes, 1, bias=False)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)[-1]
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pooled = self.features(images).mean(dim=(2, 3), keepdim=True)
-        return self.classifier(pooled).flatten(1)
-
-    def cams(self, images: torch.Tensor) -> torch.Tensor:
-        """relu(classifier applied at every position): [B, classes, h, w]."""
-        return F.relu(F.conv2d(self.features(images), self.classifier.weight))
-
-    def parameter_groups(self):
-        """(backbone params, new-layer params): IRN trains the classifier at 10x the lr."""
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
-        return backbone, list(self.classifier.parameters())
-
-
 def _unwrap(state: dict) -> dict:
     for key in ("state_dict", "model"):
         if key in state and isinstance(state[key], dict):
@@ -106,12 +79,10 @@ def backbone_state_from(state: dict) -> dict:
     return out
 
 
-def load_pretrained(backbone: nn.Module, path: str) -> tuple[list[str], list[str]]:
-    """Load a local ResNet state dict into ``backbone``; returns (missing, unexpected) keys."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a state dict")
-    weights = backbone_state_from(state)
+def load_pretrained(backbone: nn.Module, path: str, log=None) -> tuple[list[str], list[str]]:
+    """Load a local ResNet state dict into ``backbone``; returns (missing, unexpected) keys and,
+    with ``log``, calls it with the one-line load report (``load_report``)."""
+    weights = backbone_state_from(load_checkpoint(path, "state dict"))
     own = backbone.state_dict()
     stems = ({k.split(".")[0] for k in weights} & {"stem", "conv1"}, {k.split(".")[0] for k in own} & {"stem", "conv1"})
     if stems[0] and stems[1] and stems[0] != stems[1]:
@@ -124,4 +95,13 @@ def load_pretrained(backbone: nn.Module, path: str) -> tuple[list[str], list[str
                          f"({tuple(weights[shape_mismatch[0]].shape)} vs {tuple(own[shape_mismatch[0]].shape)})")
     result = backbone.load_state_dict(weights, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    return missing, list(result.unexpected_keys)
+    unexpected = list(result.unexpected_keys)
+    if log is not None:
+        log(load_report(path, missing, unexpected))
+    return missing, unexpected
+
+
+def load_report(path, missing: list[str], unexpected: list[str]) -> str:
+    """"pretrained PATH: N missing keys (e.g. K), M unexpected (e.g. K)"."""
+    return (f"pretrained {path}: {len(missing)} missing keys" + (f" (e.g. {missing[0]})" if missing else "")
+            + f", {len(unexpected)} unexpected" + (f" (e.g. {unexpected[0]})" if unexpected else ""))
