@@ -7,7 +7,6 @@ line naming it and the image ids it was given; the traceback goes to ``<out>/err
 """
 from __future__ import annotations
 
-import os
 import traceback
 from pathlib import Path
 from typing import Sequence
@@ -18,12 +17,8 @@ from .errors import ComponentError, DataError, LabelSetError, PlabelError
 from .interfaces import Combiner, Component, LabelSource, Refiner
 from .labelset import LabelSet, LabelSetWriter, dataset_record
 from .progress import track
+from .toolkit.runtime import local_rank, shard
 from .types import PseudoLabel
-
-
-def shard() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def init_distributed():
@@ -36,7 +31,7 @@ def init_distributed():
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(local_rank())
         dist.init_process_group(backend)
 
 

@@ -97,14 +97,20 @@ def test_loss_averages_over_ranks_like_one_process():
 
 def test_irnet_improves_on_its_cam_and_resumes(cam_set, tmp_path, capsys):
     index, cam = cam_set["index"], cam_set["cam"]
-    out = tmp_path / "irn"
-    result = run_plabel("source", "irnet", "--data", index, "--cam", cam, "--out", out, "--config", IRN_CONFIG,
-                        "--set", "epochs=4", "--set", "threshold=0.6", check=True)
-    assert torch.load(out / "work" / "latest.pth", weights_only=False)["epoch"] == 4 and result.returncode == 0
-    cam_miou, irn_miou = _miou(index, cam)["sweep"]["best_miou"], _miou(index, out)["sweep"]["best_miou"]
+    # three training seeds: one 4-epoch run on 96 images moves by +-2 mIoU with the seed alone
+    # (27.6 / 29.5 / 31.0 at seeds 0 / 1 / 2 against this CAM's 28.2), so a single draw tests luck
+    outs = [tmp_path / f"irn{seed}" for seed in range(3)]
+    for seed, out in enumerate(outs):
+        result = run_plabel("source", "irnet", "--data", index, "--cam", cam, "--out", out, "--config", IRN_CONFIG,
+                            "--set", "epochs=4", "--set", "threshold=0.6", "--set", f"seed={seed}", check=True)
+        assert torch.load(out / "work" / "latest.pth", weights_only=False)["epoch"] == 4 and result.returncode == 0
+    cam_miou = _miou(index, cam)["sweep"]["best_miou"]
+    irn_mious = [_miou(index, out)["sweep"]["best_miou"] for out in outs]
     with capsys.disabled():
-        print(f"\nCAM {100 * cam_miou:.1f} -> IRNet {100 * irn_miou:.1f} mIoU (best thresholds; paper VOC 48.3 -> 66.5)")
-    assert irn_miou > cam_miou
+        print(f"\nCAM {100 * cam_miou:.1f} -> IRNet {' / '.join(f'{100 * m:.1f}' for m in irn_mious)} mIoU at seeds "
+              f"0 / 1 / 2 (best thresholds; paper VOC 48.3 -> 66.5)")
+    assert np.mean(irn_mious) > cam_miou
+    out = outs[0]
     labels = LabelSet(out)
     pseudo = labels.read(labels.ids()[0])
     assert pseudo.stride == 4 and pseudo.scores.shape[1:] == (24, 24) and abs(pseudo.scores.max() - 1) < 1e-3

@@ -273,3 +273,18 @@ def test_multiscale_cam_of_no_class_is_empty_and_of_a_class_peaks_at_one():
     cams = multiscale_cam(model, image, [0, 2], scales=(1.0, 0.5))
     assert tuple(cams.shape) == (2, 40, 56) and cams.dtype == torch.float32
     assert float(cams.min()) >= 0 and all(abs(float(c.max()) - 1) < 1e-3 or float(c.max()) == 0 for c in cams)
+
+
+def test_every_public_toolkit_name_is_documented():
+    """datasette-style meta-test: each public function or class of plabel_kit.toolkit appears in
+    docs/toolkit.md (the third party's reference)."""
+    import ast
+
+    from tests.conftest import REPO
+
+    docs = (REPO / "docs" / "toolkit.md").read_text()
+    public = [(path.name, node.name) for path in sorted((REPO / "plabel_kit" / "toolkit").glob("*.py"))
+              for node in ast.parse(path.read_text()).body
+              if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_")]
+    assert len(public) > 40
+    assert [f"{module}: {name}" for module, name in public if f"`{name}" not in docs and f"{name}(" not in docs] == []
