@@ -242,6 +242,10 @@ def test_resume_continues_from_last_checkpoint(data, tmp_path):
     assert code == 0, output
     assert sorted(p.name for p in work.glob("iter_*.pth")) == ["iter_3.pth", "iter_6.pth"]
     assert Path((work / "last_checkpoint").read_text().strip()).name == "iter_6.pth"
+    # mmengine names a run's log folder by the second it starts: a fast first run and the
+    # resume can share one, and its scalars.json would then hold both runs' iterations
+    for run in [p for p in work.iterdir() if (p / "vis_data").is_dir()]:
+        shutil.rmtree(run)
     code, output = plabel(*common, "--resume")
     assert code == 0, output
     assert sorted(losses(work)) == list(range(7, 13))  # continued at iteration 7, not 1
