@@ -178,11 +178,18 @@ def video(tmp_path_factory):
     CAM stand-in (all background: the merge cannot change the carried mask)."""
     root = tmp_path_factory.mktemp("video")
     index = make_video(root / "data", clips=4, frames=16, size=128, seed=2, progress=False)
-    _ok("sequence", "build", "--data", index, "--by", "subject", "--out", root / "seq.json")
+    return {"root": root, **_annotated(index, root, "--by", "subject")}
+
+
+def _annotated(index, root, *build_options) -> dict:
+    """Sequences of ``index`` (``plabel sequence build`` with ``build_options``), their tasks'
+    ground truth as annotations and an all-background CAM stand-in, under ``root``: the
+    paths ``_seqmerge`` takes."""
+    _ok("sequence", "build", "--data", index, *build_options, "--out", root / "seq.json")
     _ok("sequence", "tasks", root / "seq.json", "--data", index, "--out", root / "tasks")
     _ok("sequence", "simulate-annotations", root / "tasks", "--data", index, "--out", root / "ann")
     _ok("source", "background", "--data", index, "--out", root / "cam")
-    return {"root": root, "index": index, "seq": root / "seq.json", "ann": root / "ann", "cam": root / "cam"}
+    return {"index": index, "seq": root / "seq.json", "ann": root / "ann", "cam": root / "cam"}
 
 
 def _seqmerge(p, out, *overrides):
@@ -216,11 +223,7 @@ def test_flow_equals_the_plain_chain_and_auto_chooses_flow_on_video(video, tmp_p
 
 def test_auto_chooses_homography_on_evolving_photos(tmp_path):
     index = make_evolving(tmp_path / "data", n=100, size=96, seed=1, progress=False)
-    _ok("sequence", "build", "--data", index, "--out", tmp_path / "seq.json")
-    _ok("sequence", "tasks", tmp_path / "seq.json", "--data", index, "--out", tmp_path / "tasks")
-    _ok("sequence", "simulate-annotations", tmp_path / "tasks", "--data", index, "--out", tmp_path / "ann")
-    _ok("source", "background", "--data", index, "--out", tmp_path / "cam")
-    p = {"index": index, "seq": tmp_path / "seq.json", "ann": tmp_path / "ann", "cam": tmp_path / "cam"}
+    p = _annotated(index, tmp_path)
     _seqmerge(p, tmp_path / "auto", "merge=none")
     _seqmerge(p, tmp_path / "homography", "align=homography", "merge=none")
     _seqmerge(p, tmp_path / "none", "align=none", "merge=none")
@@ -255,11 +258,7 @@ def test_camvid_dense_stretch_flow_equals_plain_chain_and_auto_picks_flow(tmp_pa
 
     classes = json.loads((CAMVID.parent / "classes.json").read_text())["classes"]
     index = write_index(tmp_path / "index.csv", rows, classes)
-    _ok("sequence", "build", "--data", index, "--by", "subject", "--out", tmp_path / "seq.json")
-    _ok("sequence", "tasks", tmp_path / "seq.json", "--data", index, "--out", tmp_path / "tasks")
-    _ok("sequence", "simulate-annotations", tmp_path / "tasks", "--data", index, "--out", tmp_path / "ann")
-    _ok("source", "background", "--data", index, "--out", tmp_path / "cam")
-    p = {"index": index, "seq": tmp_path / "seq.json", "ann": tmp_path / "ann", "cam": tmp_path / "cam"}
+    p = _annotated(index, tmp_path, "--by", "subject")
     _seqmerge(p, tmp_path / "auto", "merge=none")
     _seqmerge(p, tmp_path / "none", "align=none", "merge=none")
     dataset = open_dataset(index)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from plabel_kit import DataError
+from plabel_kit.toolkit.runtime import shard
 
 from . import config as C
 from .checkpoints import read_mmengine_checkpoints
@@ -72,7 +73,7 @@ def metrics_json(metrics: dict) -> str:
 
 def default_launcher() -> str:
     """'pytorch' inside a multi-process torchrun, else 'none'."""
-    return "pytorch" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else "none"
+    return "pytorch" if shard()[1] > 1 else "none"
 
 
 def import_mmseg_modules():

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from plabel_kit.commands import PlabelGroup
+from plabel_kit.toolkit.runtime import is_main_process
 
 
 @click.group("segment", cls=PlabelGroup)
@@ -22,12 +23,6 @@ def _cfg_options(options, more) -> dict:
     from .config import parse_cfg_options
 
     return parse_cfg_options([*options, *more])
-
-
-def _rank0() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", 0)) == 0
 
 
 config_option = click.option("--config", "config", required=True,
@@ -95,7 +90,7 @@ def train(config, data, split, labels, manual, manual_split, val, val_split, wor
                          manual_split=manual_split, val=val, val_split=val_split, work=work,
                          iters=iters, pretrained=pretrained, resume=resume, amp=amp,
                          cfg_options=_cfg_options(cfg_options, more_cfg_options), launcher=launcher)
-    if _rank0():
+    if is_main_process():
         last = work_dir / "last_checkpoint"
         click.echo(f"checkpoint: {last.read_text().strip() if last.is_file() else '-'}")
 
@@ -117,7 +112,7 @@ def test(config, checkpoint, data, split, work, json_path, launcher, cfg_options
 
     metrics = api.test(config, checkpoint, data=data, split=split, work=work, launcher=launcher,
                        cfg_options=_cfg_options(cfg_options, more_cfg_options))
-    if not _rank0():
+    if not is_main_process():
         return
     from rich.console import Console
 

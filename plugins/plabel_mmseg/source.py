@@ -1,13 +1,13 @@
 """A trained segmenter as a label source: its predictions become the next round's labels."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from plabel_kit import DataError, LabelSource, PseudoLabel
+from plabel_kit.toolkit.runtime import pick_device
 
 
 @dataclass
@@ -68,7 +68,6 @@ class Segmenter(LabelSource):
         return PseudoLabel(label, probs.cpu().numpy(), np.arange(probs.shape[0]), self.scores_stride)
 
     def _load(self, classes):
-        import torch
         from mmengine.runner import load_state_dict
         from mmseg.apis import init_model
 
@@ -87,11 +86,7 @@ class Segmenter(LabelSource):
                             f"{list(classes)}", path=self.checkpoint)
         cfg = C.load(self.model_config)
         C.set_num_classes(cfg, len(trained_on))
-        device = self.device
-        if device == "auto":
-            device = (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available()
-                      else "cpu")
-        model = init_model(cfg, None, device=device)
+        model = init_model(cfg, None, device=str(pick_device(self.device)))
         load_state_dict(model, checkpoint["state_dict"], strict=True)
         model.dataset_meta = checkpoint["meta"]["dataset_meta"]
         self._model = model
