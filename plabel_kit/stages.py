@@ -7,6 +7,7 @@ line naming it and the image ids it was given; the traceback goes to ``<out>/err
 """
 from __future__ import annotations
 
+import atexit
 import traceback
 from pathlib import Path
 from typing import Sequence
@@ -17,7 +18,7 @@ from .errors import ComponentError, DataError, LabelSetError, PlabelError
 from .interfaces import Combiner, Component, LabelSource, Refiner
 from .labelset import LabelSet, LabelSetWriter, dataset_record
 from .progress import track
-from .toolkit.runtime import local_rank, shard
+from .toolkit.runtime import barrier, local_rank, shard
 from .types import PseudoLabel
 
 
@@ -33,6 +34,16 @@ def init_distributed():
         if backend == "nccl":
             torch.cuda.set_device(local_rank())
         dist.init_process_group(backend)
+        # leave the group before the interpreter tears down: a rank exiting on an error while
+        # gloo's threads still run otherwise ends in std::terminate (SIGABRT, not exit 1)
+        atexit.register(_leave_process_group)
+
+
+def _leave_process_group():
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def producer_of(component: Component, inputs: dict | None = None) -> dict:
@@ -178,17 +189,6 @@ def _any_rank(flag: bool) -> bool:
     value = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
-
-
-def barrier():
-    """Wait for all ranks when torch.distributed is running (torchrun); no-op otherwise."""
-    import sys
-
-    if "torch" in sys.modules:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
 
 
 def train_once(checkpoint, final: Path, train) -> Path:

@@ -5,6 +5,7 @@ No torch at import: the functions that need it import it when called."""
 from __future__ import annotations
 
 import os
+import sys
 
 from ..progress import quiet
 
@@ -25,11 +26,12 @@ def local_rank() -> int:
 
 
 def barrier() -> None:
-    """Wait for every rank (a no-op outside torchrun or before the process group exists)."""
-    if shard()[1] > 1:
+    """Wait for every rank (a no-op outside torchrun or before the process group exists; never
+    imports torch itself, so a torch-free stage stays torch-free)."""
+    if "torch" in sys.modules:
         import torch.distributed as dist
 
-        if dist.is_initialized():
+        if dist.is_available() and dist.is_initialized():
             dist.barrier()
 
 
