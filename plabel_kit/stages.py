@@ -204,11 +204,14 @@ def train_once(checkpoint, final: Path, train) -> Path:
     return Path(final)
 
 
-def _finish(writer: LabelSetWriter, dataset: Dataset, extra: dict | None = None) -> dict:
+def _finish(writer: LabelSetWriter, dataset: Dataset, extra=None) -> dict:
+    """Write the manifest once every image is done. ``extra`` (a callable returning a dict)
+    is called after every rank has finished labelling, on the rank that writes, so that a
+    summary read from the ranks' work files is complete."""
     barrier()
     rank, world = shard()
     if (world == 1 or rank == 0) and all(writer.done(i) for i in dataset.ids):
-        manifest = writer.finish(extra)
+        manifest = writer.finish(extra() if extra is not None else None)
         for log in (writer.path / "error.log", *writer.path.glob("error.rank*.log")):
             log.unlink(missing_ok=True)  # an earlier failure's traceback, now fixed
         return manifest
@@ -235,7 +238,7 @@ def _run_source(source, dataset, out, progress):
                 _check_output(sample, pseudo, dataset.num_classes, f"label source {source.name!r}")
                 writer.write(sample.id, pseudo)
             _release(chunk)
-        return _finish(writer, dataset, {"summary": source.summary()})
+        return _finish(writer, dataset, lambda: {"summary": source.summary()})
 
 
 def _input_record(label_set: LabelSet) -> dict:
@@ -277,7 +280,7 @@ def _run_refiner(refiner, dataset, labels, out, progress):
                 _check_output(sample, pseudo, dataset.num_classes, f"refiner {refiner.name!r}")
                 writer.write(sample.id, pseudo)
             _release(chunk)
-        return _finish(writer, dataset, {"summary": refiner.summary()})
+        return _finish(writer, dataset, lambda: {"summary": refiner.summary()})
 
 
 def run_combiner(combiner: Combiner, dataset: Dataset, label_sets: Sequence[LabelSet], out, *,
@@ -317,4 +320,4 @@ def _run_combiner(combiner, dataset, label_sets, out, labelled, progress):
             _check_output(sample, pseudo, dataset.num_classes, f"combiner {combiner.name!r}")
             writer.write(sample.id, pseudo)
             _release([sample])
-        return _finish(writer, dataset, {"summary": combiner.summary()})
+        return _finish(writer, dataset, lambda: {"summary": combiner.summary()})

@@ -166,18 +166,28 @@ def test_crf_raises_miou_over_cam_like_scores(cli_run, scenes128, tmp_path):
 
 
 def test_label_recipe_from_scores_is_irns_threshold_then_crf(scenes):
+    """With ``from_scores`` the unary comes from the scores, so the input map's 255 band
+    (an IR-label set's uncertain pixels) does not apply: the CRF decides every pixel, as
+    IRN's threshold-then-CRF; ``keep_ignore=true`` re-imposes the band."""
     from plabel_kit.toolkit.crf import crf_label_map
     from plabel_crf.refiner import DenseCRF
 
     sample = next(s for s in open_dataset(scenes) if len(s.classes) == 2)
     keys = np.asarray(sample.classes)
     scores = cam_like_scores(sample.mask, sample.classes)
-    pseudo = PseudoLabel(np.full(sample.mask.shape, 255, np.uint8), scores, keys, stride=4)
+    edges = cv2.morphologyEx(sample.mask, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    band = np.where(cv2.dilate(edges.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0, 255, sample.mask)
+    pseudo = PseudoLabel(band.astype(np.uint8), scores, keys, stride=4)
+    assert 0.05 < (band == 255).mean() < 0.5
     for threshold in (0.30, 0.05):  # IRN's confident foreground / background
         thresholded = scores_to_labels(resize_scores(scores, sample.mask.shape), keys, threshold)
         expected = crf_label_map(sample.image, thresholded, keys)
-        refined = DenseCRF(backend="pydensecrf", workers=0, from_scores=True, threshold=threshold, keep_ignore=False).refine(sample, pseudo)
+        refined = DenseCRF(backend="pydensecrf", workers=0, from_scores=True, threshold=threshold).refine(sample, pseudo)
         np.testing.assert_array_equal(refined.label, expected)
+        assert not (refined.label == 255).any()
+        kept = DenseCRF(backend="pydensecrf", workers=0, from_scores=True, threshold=threshold,
+                        keep_ignore=True).refine(sample, pseudo)
+        np.testing.assert_array_equal(kept.label, np.where(band == 255, 255, expected))
     assert (expected != thresholded).any()
 
 

@@ -210,6 +210,18 @@ def test_shipped_pipelines_load_and_name_their_stages():
     assert isle.stage("isle").needs == ["crf", "csrm", "irnet_crf", "randomwalk_crf"]
 
 
+@pytest.mark.parametrize("name", ["evolving_seqmerge.py", "evolving_seqmerge_small.py"])
+def test_seed_000_cam_labels_are_thresholded_twice_and_crf_refined(name):
+    """Seed 000 Sec. 3.2: CAM labels from a foreground and a background threshold with the
+    band between ignored, refined by the dense CRF (IRN's IR labels), for the CAM row and
+    for the merge; the carried masks refined by the CRF are a row of their own."""
+    pipeline = load_pipeline(REPO / "configs" / "pipelines" / name)
+    assert pipeline.stage("cam").spec["mode"] == "ir_labels"
+    assert pipeline.stage("seqmerge").spec["cam"] == "@cam"
+    crf = pipeline.stage("seqmerge_crf")
+    assert crf.spec["type"] == "crf" and crf.spec["input"] == "@seqmerge" and crf.spec.get("recipe") == "label"
+
+
 # ---- the report in a real browser ------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -215,6 +215,12 @@ def test_flow_equals_the_plain_chain_and_auto_chooses_flow_on_video(video, tmp_p
     assert all(c["motion"] <= 0.05 and c["consistent_share"] >= 0.2 and c["time_step_s"] == 0.04
                for c in summary["auto"]["sequences"].values())
     assert summary["alignment"] == {"flow": 60} and summary["fallbacks"] == {} and summary["flow_breaks"] == {}
+    # as if killed half way: the resumed run's summary still covers every image and sequence
+    (tmp_path / "auto" / "manifest.json").unlink()
+    for path in sorted((tmp_path / "auto" / "labels").glob("*.png"))[::2]:
+        path.unlink()
+    _seqmerge(video, tmp_path / "auto", "merge=none")
+    assert LabelSet(tmp_path / "auto").manifest["summary"] == summary
     _seqmerge(video, tmp_path / "none", "align=none", "merge=none")
     none = LabelSet(tmp_path / "none")
     scores = {name: evaluate(dataset, ls, progress=False)["miou"] for name, ls in (("auto", auto), ("none", none))}
@@ -245,12 +251,13 @@ def test_auto_chooses_homography_on_evolving_photos(tmp_path):
 # ---- real frames, when the shared data is there ------------------------------------------
 
 @pytest.mark.skipif(not CAMVID.is_file(), reason="camvid_small not in the shared data folder")
-def test_camvid_dense_stretch_flow_equals_plain_chain_and_auto_picks_flow(tmp_path):
-    """The 0016E5 stretch of frames 2 apart (dense video) of camvid_small, read in place."""
+def _camvid_stretch(tmp_path, subject: str, first: int, last: int, frames: int) -> dict:
+    """camvid_small's frames of ``subject`` with ``time`` in [first, last], read in place,
+    one sequence, its middle frame annotated."""
     import csv
 
-    rows = [r for r in csv.DictReader(CAMVID.open()) if r["subject"] == "0016E5" and 7959 <= int(r["time"]) <= 8039]
-    assert len(rows) == 41
+    rows = [r for r in csv.DictReader(CAMVID.open()) if r["subject"] == subject and first <= int(r["time"]) <= last]
+    assert len(rows) == frames
     for row in rows:
         for column in ("image", "mask"):
             row[column] = str(CAMVID.parent / row[column])
@@ -258,10 +265,15 @@ def test_camvid_dense_stretch_flow_equals_plain_chain_and_auto_picks_flow(tmp_pa
 
     classes = json.loads((CAMVID.parent / "classes.json").read_text())["classes"]
     index = write_index(tmp_path / "index.csv", rows, classes)
-    p = _annotated(index, tmp_path, "--by", "subject")
+    return _annotated(index, tmp_path, "--by", "subject")
+
+
+def test_camvid_dense_stretch_flow_equals_plain_chain_and_auto_picks_flow(tmp_path):
+    """The 0016E5 stretch of frames 2 apart (dense video) of camvid_small."""
+    p = _camvid_stretch(tmp_path, "0016E5", 7959, 8039, 41)
     _seqmerge(p, tmp_path / "auto", "merge=none")
     _seqmerge(p, tmp_path / "none", "align=none", "merge=none")
-    dataset = open_dataset(index)
+    dataset = open_dataset(p["index"])
     auto = LabelSet(tmp_path / "auto")
     assert auto.manifest["summary"]["auto"]["flow"] == 1
     document = json.loads((tmp_path / "seq.json").read_text())
@@ -269,3 +281,20 @@ def test_camvid_dense_stretch_flow_equals_plain_chain_and_auto_picks_flow(tmp_pa
         np.testing.assert_array_equal(auto.read_label(image_id), label, err_msg=image_id)
     assert evaluate(dataset, auto, progress=False)["miou"] > evaluate(dataset, LabelSet(tmp_path / "none"),
                                                                      progress=False)["miou"]
+
+
+def test_camvid_hard_one_second_steps_do_not_break_the_chain(tmp_path):
+    """0006R0's frames 1 s apart, where on several steps under 5 % of the pixels pass the
+    forward-backward test (a real drive, no cut): the chain goes on as the plain chain does;
+    only a size change breaks it unless ``min_consistent`` is set."""
+    p = _camvid_stretch(tmp_path, "0006R0", 1080, 1560, 17)
+    _seqmerge(p, tmp_path / "flow", "align=flow", "merge=none")
+    flow = LabelSet(tmp_path / "flow")
+    assert flow.manifest["summary"]["alignment"] == {"flow": 16} and flow.manifest["summary"]["flow_breaks"] == {}
+    dataset = open_dataset(p["index"])
+    document = json.loads((tmp_path / "seq.json").read_text())
+    for image_id, label in _plain_chain(dataset, document["sequences"][0]).items():
+        np.testing.assert_array_equal(flow.read_label(image_id), label, err_msg=image_id)
+    _seqmerge(p, tmp_path / "cut", "align=flow", "merge=none", "min_consistent=0.05")
+    breaks = LabelSet(tmp_path / "cut").manifest["summary"]["flow_breaks"]
+    assert breaks.get("scene cut", 0) > 0  # asked for, the test takes these steps for cuts

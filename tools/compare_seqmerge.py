@@ -76,7 +76,7 @@ def _train_cam(args, dataset, out: Path) -> float:
     from plabel_kit.registry import load_config
     from plabel_kit.stages import run_source
 
-    cam_params = load_config(args.cam_config)
+    cam_params = {**load_config(args.cam_config), "mode": args.cam_mode}
     if args.epochs:
         cam_params["epochs"] = args.epochs
     start = time.perf_counter()
@@ -117,7 +117,7 @@ def prepare(args) -> dict:
     if not seq_path.exists():
         if args.kind == "evolving":
             embedder = get_registry().build("embedder", {"type": args.embedder})
-            document = build_sequences(dataset, embedder, sequence_params(args.pca, 3, 0.99, True), progress=False)
+            document = build_sequences(dataset, embedder, sequence_params(args.pca, 3, 0.99, True, args.pca_fit), progress=False)
         else:
             document = build_subject_sequences(dataset, args.split_gap)
         write_json_atomic(seq_path, document)
@@ -303,8 +303,14 @@ def main():
                              "times its median step (default: 0 for video, 10 for camvid)")
     parser.add_argument("--embedder", default="thumbnail")
     parser.add_argument("--pca", type=int, default=256)
+    parser.add_argument("--pca-fit", choices=("subject", "all"), default="subject",
+                        help="evolving: PCA per subject (SChISM) or over all images")
     parser.add_argument("--cam-config", default=str(REPO / "configs" / "sources" / "cam_resnet18_cpu.py"))
     parser.add_argument("--epochs", type=int, default=0, help="override the CAM config's epochs (0 = keep)")
+    parser.add_argument("--cam-mode", choices=("ir_labels", "threshold"), default="ir_labels",
+                        help="CAM labels: IRN's IR labels (confident foreground and background, the band "
+                             "between ignored, dense CRF: seed 000 Sec. 3.2, as configs/pipelines/"
+                             "evolving_seqmerge.py) or one background threshold")
     parser.add_argument("--cam-like-sigma", type=float, default=4.0,
                         help="evolving: blur of the localising CAM-like labels of the second table")
     args = parser.parse_args()
@@ -330,7 +336,7 @@ def main():
                      f"--seed {args.seed}`",
             "camvid": f"camvid_small ({args.data})"}[args.kind]
     print(f"## Sequence merge on {what} ({platform.machine()}, {os.cpu_count()} cores)\n")
-    how = (f"SChISM ({args.embedder}, PCA {args.pca})" if args.kind == "evolving"
+    how = (f"SChISM ({args.embedder}, PCA {args.pca} fitted per {'subject' if args.pca_fit == 'subject' else 'all images'})" if args.kind == "evolving"
            else f"one sequence per subject, split at time steps over {args.split_gap:g} x the median")
     purity = (f"; purity {100 * stats['purity']:.1f} %, completeness {100 * stats['completeness']:.1f} %"
               if "purity" in stats else "")
@@ -341,7 +347,7 @@ def main():
     from plabel_kit.evaluation import evaluate
 
     sweep = evaluate(dataset, LabelSet(out / "cam"), sweep=True, progress=False)["sweep"]
-    print(f"- CAM: `cam` source, {Path(args.cam_config).name}"
+    print(f"- CAM: `cam` source, {Path(args.cam_config).name}, mode={args.cam_mode}"
           + (f", epochs {args.epochs}" if args.epochs else "") + f" ({prepared['cam_seconds']:.0f} s incl. resume); "
           f"its best background threshold would be {sweep['best_threshold']:.2f} (mIoU {100 * sweep['best_miou']:.2f})")
     print(f"- propagated = the {len(propagated)} images that are sequenced but not annotated "

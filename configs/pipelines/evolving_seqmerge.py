@@ -55,7 +55,10 @@ stages = [
     dict(name='manual', step='command',
          run=['sequence', 'annotated', '@tasks', '--annotations', '{annotations}', '--data', '{data}',
               '--out', '{out}']),
-    dict(name='cam', step='source', type='cam', config='{cam_config}'),
+    # seed 000 Sec. 3.2: CAM labels from a foreground and a background threshold, the band
+    # between ignored, refined by the dense CRF: IRN's IR labels (the merge reads 255 as "no
+    # CAM class", so Equation 1 is unchanged)
+    dict(name='cam', step='source', type='cam', config='{cam_config}', mode='ir_labels'),
     dict(name='seqmerge', step='source', type='seqmerge', sequences='@sequences/seq.json',
          annotations='@manual/masks', cam='@cam'),
     # the carried masks refined by the dense CRF (label recipe, kernels scaled to the image):

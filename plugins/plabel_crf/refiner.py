@@ -56,7 +56,9 @@ class DenseCRF(Refiner):
       (in the scores too with ``from_scores``). 255 pixels enter as unsure (uniform unary)
       and stay 255 in the output (``keep_ignore``): the CRF cleans the certain regions'
       borders and never turns an uncertain pixel into a certain one. ``from_scores`` makes
-      the labels from the scores with background ``threshold`` instead (IRN: 0.30 / 0.05).
+      the labels from the scores with background ``threshold`` instead (IRN: 0.30 / 0.05);
+      the input map's 255 band then does not apply and the CRF decides every pixel
+      (``keep_ignore=true`` re-imposes it).
     - ``softmax`` (PSA): unary -log(p) from the score planes (resized to the image), with a
       background plane: the scores' own (key 0) when present, else PSA's (1 - max)^alpha
       when ``alpha`` is set (PSA: 4 / 32), else a constant plane ``threshold``. Gaussian
@@ -128,7 +130,11 @@ class DenseCRF(Refiner):
                          for i, name in enumerate(Kernels._fields)))
 
     def keeps_ignore(self) -> bool:
-        return self.recipe == "label" if self.keep_ignore is None else self.keep_ignore
+        """Whether the input's 255 pixels stay 255: by default only when the label recipe's
+        unary comes from that label map (not ``from_scores``, whose unary has no band)."""
+        if self.keep_ignore is not None:
+            return self.keep_ignore
+        return self.recipe == "label" and not self.from_scores
 
     # ---- one image ------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 (SChISM), annotate one image per sequence, carry that mask onto the sequence's other
 images and merge it with their CAM labels.
 
-- embedders ``thumbnail`` (training-free) and ``cam_features`` (a trained ``cam`` backbone);
+- embedders ``thumbnail`` (training-free), ``backbone`` (a local pretrained ResNet checkpoint,
+  SChISM's ImageNet ResNet-50) and ``cam_features`` (a trained ``cam`` backbone);
 - label source ``seqmerge``;
 - commands ``plabel sequence build|show|tasks|simulate-annotations``.
 """
@@ -11,9 +12,10 @@ from plabel_kit import hookimpl
 
 @hookimpl
 def register_embedders(register):
-    from .embedders import CamFeatures, Thumbnail
+    from .embedders import BackboneFeatures, CamFeatures, Thumbnail
 
     register(Thumbnail, name="thumbnail")
+    register(BackboneFeatures, name="backbone")
     register(CamFeatures, name="cam_features")
 
 

@@ -107,13 +107,16 @@ class FlowTracker:
     mask from ``anchor`` to ``position`` through every image in between (see
     :mod:`.flow`); ``check`` turns on the forward-backward trust test, after which untrusted
     pixels keep the label at their position. The chain breaks (None from there on)
-    where consecutive images differ in size or where fewer than ``min_consistent`` of a
-    step's pixels pass the trust test: nothing of the one image is found in the other, a
-    scene cut. Breaks are counted by reason in ``breaks``."""
+    where consecutive images differ in size and, with ``min_consistent`` > 0, where fewer
+    than that share of a step's pixels pass the trust test (a scene cut). Breaks are
+    counted by reason in ``breaks`` and reported to ``on_break(sequence_id, anchor,
+    position, reason)``."""
 
     def __init__(self, image_of: Callable[[str, int], np.ndarray], flow_size: int, check: bool = False,
-                 min_consistent: float = 0.05, capacity: int = 64):
+                 min_consistent: float = 0.0, capacity: int = 64,
+                 on_break: Callable[[str, int, int, str], None] | None = None):
         self.image_of = image_of
+        self.on_break = on_break
         self.flow_size = flow_size
         self.check = check
         self.min_consistent = min_consistent
@@ -203,6 +206,8 @@ class FlowTracker:
         reason = SIZE_CHANGE if step is None else CUT if step.share < self.min_consistent else None
         if reason is not None:
             self._broken[(sequence_id, anchor, position)] = reason
+            if self.on_break is not None:
+                self.on_break(sequence_id, anchor, position, reason)
             return None
         keep = ~step.consistent & inside(step.coords, label.shape) if self.check else None
         return carry_step(label, step.coords, keep)

@@ -41,8 +41,12 @@ def _dataset(data, split):
 @click.option("--embedder", default="thumbnail", show_default=True,
               help="Embedder (see `plabel components --kind embedder`).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Embedder parameter, repeatable (cam_features: --set checkpoint=LS_CAM/work/cam_final.pth).")
+              help="Embedder parameter, repeatable (backbone: --set pretrained=resnet50.pth; "
+                   "cam_features: --set checkpoint=LS_CAM/work/cam_final.pth).")
 @click.option("--pca", default=256, show_default=True, help="PCA dimensions (SChISM: 256; 0 = off; capped at min(N, D)).")
+@click.option("--pca-fit", type=click.Choice(["subject", "all"]), default="subject", show_default=True,
+              help="Fit PCA on each subject's images alone (SChISM; N = the subject's images) or once "
+                   "on all images.")
 @click.option("--window", default=3, show_default=True, help="Observed days per sliding window.")
 @click.option("--ratio", default=0.99, show_default=True, help="Link threshold: ratio x best similarity ...")
 @click.option("--running-mean/--no-running-mean", default=True, show_default=True,
@@ -53,13 +57,14 @@ def _dataset(data, split):
 @click.option("--split-gap", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="With --by subject: start a new sequence where the time step exceeds this many times "
                    "the subject's median step (0 = never).")
-def build(data, split, out, embedder, overrides, pca, window, ratio, running_mean, by, split_gap):
+def build(data, split, out, embedder, overrides, pca, pca_fit, window, ratio, running_mean, by, split_gap):
     """Find sequences of similar images per subject (SChISM) and write SEQ.json.
 
     Images need ``subject`` and ``time`` (ISO 8601, or a number of days) columns; those
     without stay unsequenced and are reported.
 
     Example: plabel sequence build --data evolving/index.csv --out seq.json
+    ImageNet ResNet-50 (SChISM): ... --embedder backbone --set pretrained=resnet50.pth
     Video clips: plabel sequence build --data video/index.csv --by subject --out seq.json
     """
     from plabel_kit.plugins import get_registry
@@ -67,7 +72,7 @@ def build(data, split, out, embedder, overrides, pca, window, ratio, running_mea
     from .seqfile import build_sequences, build_subject_sequences, sequence_params, write_json_atomic
 
     try:
-        params = sequence_params(pca, window, ratio, running_mean)
+        params = sequence_params(pca, window, ratio, running_mean, pca_fit)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     dataset = _dataset(data, split)

@@ -19,20 +19,28 @@ import numpy as np
 from plabel_kit import DataError
 from plabel_kit.progress import track
 
-from .sequencing import connected_groups, medoid, parse_time, pca_project, split_at_gaps, subject_links
+from .sequencing import (connected_groups, medoid, parse_time, pca_per_group, pca_project, split_at_gaps,
+                         subject_links)
 
 FORMAT_VERSION = 1
 MISSING_SUBJECT, MISSING_TIME, BAD_TIME = "no subject", "no time", "unreadable time"
+#: where PCA is fitted: on each subject's images alone (SChISM) or once on all images
+PCA_FITS = ("subject", "all")
+#: ``pca_fit`` of a params dict without one (sequences files written before it was recorded)
+LEGACY_PCA_FIT = "all"
 
 
-def sequence_params(pca: int, window: int, ratio: float, running_mean: bool) -> dict:
+def sequence_params(pca: int, window: int, ratio: float, running_mean: bool, pca_fit: str = "subject") -> dict:
     if window < 2:
         raise ValueError(f"window must be >= 2 observed days, got {window}")
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
     if pca < 0:
         raise ValueError(f"pca must be >= 0 (0 = off), got {pca}")
-    return {"pca": int(pca), "window": int(window), "ratio": float(ratio), "running_mean": bool(running_mean)}
+    if pca_fit not in PCA_FITS:
+        raise ValueError(f"pca_fit must be one of {', '.join(PCA_FITS)}, got {pca_fit!r}")
+    return {"pca": int(pca), "pca_fit": pca_fit, "window": int(window), "ratio": float(ratio),
+            "running_mean": bool(running_mean)}
 
 
 def _timed(dataset) -> tuple[list[tuple[str, float, str]], dict[str, list[str]]]:
@@ -72,23 +80,34 @@ def build_sequences(dataset, embedder, params: dict, progress: bool = True) -> d
     if len(usable) and features.shape[0] != len(usable):
         raise DataError(f"embedder {embedder.name!r} returned {features.shape[0]} rows for "
                         f"{len(usable)} images", path=dataset.source)
-    features = pca_project(features, params["pca"]) if len(usable) else features
     per_subject: dict[str, list[int]] = defaultdict(list)
     for row, (subject, _, _) in enumerate(usable):
         per_subject[subject].append(row)
+    subjects = sorted(per_subject)
+    row_sets = [np.asarray(per_subject[subject], dtype=np.int64) for subject in subjects]
+    reduced = subject_features(features, row_sets, params["pca"], params.get("pca_fit", LEGACY_PCA_FIT))
     sequences, sequenced = [], set()
-    for subject in sorted(per_subject):
-        rows = np.asarray(per_subject[subject])
+    for subject, rows, local in zip(subjects, row_sets, reduced):
         days = np.floor([usable[r][1] for r in rows]).astype(np.int64)
-        links = subject_links(features[rows], days, params["window"], params["ratio"], params["running_mean"])
+        links = subject_links(local, days, params["window"], params["ratio"], params["running_mean"])
         for k, group in enumerate(connected_groups(len(rows), links)):
-            members = rows[group]  # time order: rows are sorted by (subject, time, id)
-            ids = [usable[r][2] for r in members]
+            ids = [usable[r][2] for r in rows[group]]  # time order: rows are sorted by (subject, time, id)
             sequences.append({"id": f"{subject}-{k + 1:04d}", "subject": subject, "images": ids,
-                              "representative": ids[medoid(features[members])]})
+                              "representative": ids[medoid(local[group])]})
             sequenced.update(ids)
     return _document(dataset, sequences, sequenced, skipped, params,
                      {"type": embedder.name, "config": embedder.config()})
+
+
+def subject_features(features: np.ndarray, row_sets: list[np.ndarray], dims: int, fit: str) -> list[np.ndarray]:
+    """Each subject's rows of ``features`` reduced by PCA to ``dims`` (0 = off): fitted on
+    the subject's rows alone (``fit`` "subject", SChISM) or once on all rows ("all")."""
+    if fit not in PCA_FITS:
+        raise ValueError(f"pca_fit must be one of {', '.join(PCA_FITS)}, got {fit!r}")
+    if fit == "subject":
+        return pca_per_group(features, row_sets, dims)
+    projected = pca_project(features, dims) if len(features) else features
+    return [projected[rows] for rows in row_sets]
 
 
 def build_subject_sequences(dataset, split_gap: float = 0.0) -> dict:

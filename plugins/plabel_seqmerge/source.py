@@ -11,11 +11,13 @@ import numpy as np
 
 from plabel_kit import DataError, LabelSet, LabelSetError, LabelSource, PseudoLabel
 from plabel_kit.datasets import image_size, load_image
+from plabel_kit.toolkit.runtime import shard
 
 from .alignment import ALIGNMENTS, FALLBACK, FlowTracker, carry_homography, resize_nearest
 from .annotations import annotation_path, read_annotation
 from .homography import FEATURES, HomographyParams
 from .merge import MERGES, class_thresholds, merge, precision_counts, score_of_label
+from .records import Records
 from .seqfile import check_against, read_sequences
 from .sequencing import parse_time
 
@@ -73,8 +75,10 @@ class SeqMerge(LabelSource):
     the longer side and at least ``auto_share`` of the pixels pass the trust test; medians
     over up to 16 steps; calendar times, where given, at most ``auto_max_gap`` seconds
     apart), else ``homography``). A flow chain breaks at
-    a size change or a scene cut (fewer than ``min_consistent`` of a step's pixels pass the
-    trust test); a homography fails when none is plausible; each then falls back to the
+    a size change and, when ``min_consistent`` > 0, at a step where fewer than that share of
+    the pixels pass the trust test (a scene cut; off by default: on real frames 1 s apart
+    the share falls below 0.01 within a shot); a homography fails when none is plausible;
+    each then falls back to the
     next simpler alignment, and pixels outside a warped frame take the resized mask's label.
     Then the carried mask is merged with the image's CAM labels (``merge``: ``paper`` =
     Equation 1: a pixel takes the CAM class where CAM assigns a class and the carried mask
@@ -106,7 +110,7 @@ class SeqMerge(LabelSource):
     min_inliers: int = 8
     max_scale: float = 2.0
     flow_check: bool = False
-    min_consistent: float = 0.05
+    min_consistent: float = 0.0
     auto_motion: float = 0.05
     auto_share: float = 0.2
     auto_max_gap: float = 60.0
@@ -134,13 +138,8 @@ class SeqMerge(LabelSource):
                 raise ValueError(f"{name} must be in [0, 1] (a share of pixels, of the image side)")
         self._homography = HomographyParams(self.features, self.max_features, self.contrast_threshold, self.ratio_test,
                                             self.ransac_threshold, self.min_inliers, self.max_scale)
-        self._counts: Counter = Counter()
-        self._aligned: Counter = Counter()
-        self._fallbacks: Counter = Counter()
-        self._filled: Counter = Counter()
-        self._choices: dict[str, dict] = {}  # align=auto: sequence id -> {"align", "consistent_share"}
+        self._records = Records()  # per image and per sequence, on disk: the summary survives a resume
         self._tracker = None
-        self._breaks: dict[str, int] = {}
         self._problems: dict[str, list] = {MISSING: [], BAD_SIZE: []}
         self._place: dict[str, tuple[dict, int]] = {}
         self._annotated: dict[str, list[tuple[int, Path]]] = {}
@@ -186,7 +185,12 @@ class SeqMerge(LabelSource):
             self._calibrate()
         self._images = _Cache(16)
         self._masks = _Cache(16)
-        self._tracker = FlowTracker(self._sequence_image, self.flow_size, self.flow_check, self.min_consistent)
+        self._tracker = FlowTracker(self._sequence_image, self.flow_size, self.flow_check, self.min_consistent,
+                                    on_break=self._record_break)
+        self._records.open(workdir, shard()[0])
+
+    def _record_break(self, sequence_id: str, anchor: int, position: int, reason: str):
+        self._records.put(f"break:{sequence_id}:{anchor}:{position}", {"reason": reason})
 
     def _check_size(self, path: Path, image_id: str) -> bool:
         """Read (validate) one annotation; False, reported, when its size is not its image's."""
@@ -280,86 +284,103 @@ class SeqMerge(LabelSource):
         apart (median). Frames of a video, or photos seconds apart, move a few percent at
         most; photos taken days apart from a camera set up again usually move more, and
         their times say so even when two of them happen to line up."""
-        if sequence["id"] not in self._choices:
+        key = f"sequence:{sequence['id']}"
+        if self._records.get(key) is None:
             share, motion = self._tracker.typical(sequence["id"], len(sequence["images"]))
             gap = self._time_step(sequence)
             dense = (motion <= self.auto_motion and share >= self.auto_share
                      and (gap is None or gap <= self.auto_max_gap))
-            self._choices[sequence["id"]] = {"align": "flow" if dense else "homography",
-                                             "consistent_share": round(share, 4), "motion": round(motion, 4),
-                                             "time_step_s": None if gap is None else round(gap, 3)}
-        return self._choices[sequence["id"]]["align"]
+            self._records.put(key, {"align": "flow" if dense else "homography",
+                                    "consistent_share": round(share, 4), "motion": round(motion, 4),
+                                    "time_step_s": None if gap is None else round(gap, 3)})
+        return self._records.get(key)["align"]
 
     def _carry(self, sequence: dict, anchor: int, position: int, mask: np.ndarray, target: np.ndarray,
-               method: str | None = None, counted: bool = True) -> np.ndarray:
+               method: str | None = None, record: dict | None = None) -> np.ndarray:
         """The mask carried by ``method`` (default ``align``, resolved per sequence for
         ``auto``), falling back to the next simpler method when it fails; pixels outside a
-        warped frame take the resized mask's label (a flow chain places every pixel)."""
+        warped frame take the resized mask's label (a flow chain places every pixel). What
+        was used goes into ``record`` (alignment, fallbacks, filled pixels) when given."""
         method = method or self.align
         if method == "auto":
             method = self._choose(sequence)
+        fallbacks = []
         while True:
             carried = self._align(method, sequence, anchor, position, mask, target)
             if carried is not None:
                 break
-            if counted:
-                self._fallbacks[f"{method}->{FALLBACK[method]}"] += 1
+            fallbacks.append(f"{method}->{FALLBACK[method]}")
             method = FALLBACK[method]
-        if counted:
-            self._aligned[method] += 1
         holes = carried == 255
+        filled = 0
         if method == "homography" and holes.any():
-            simpler = self._carry(sequence, anchor, position, mask, target, FALLBACK[method], counted=False)
+            simpler = self._carry(sequence, anchor, position, mask, target, FALLBACK[method])
             carried[holes] = simpler[holes]
-            if counted:
-                self._filled[method] += int(holes.sum())
+            filled = int(holes.sum())
+        if record is not None:
+            record.update(alignment=method, fallbacks=fallbacks, filled=filled)
         return carried
 
-    def _label(self, sample) -> np.ndarray:
+    def _label(self, sample, record: dict) -> np.ndarray:
+        """The image's label; its outcome (and alignment) goes into ``record``."""
         size = sample.image.shape[:2]
         if sample.id not in self._place:
-            self._counts[NOT_IN_FILE if sample.id in self._not_in_file else UNSEQUENCED] += 1
+            record["outcome"] = NOT_IN_FILE if sample.id in self._not_in_file else UNSEQUENCED
             return self._cam.read_label(sample.id, size)
         sequence, position = self._place[sample.id]
         annotated = self._annotated[sequence["id"]]
         if not annotated:  # none found, or none the size of its image
-            self._counts[self._unannotated[sequence["id"]]] += 1
+            record["outcome"] = self._unannotated[sequence["id"]]
             return self._cam.read_label(sample.id, size)
         anchor = nearest_annotated(position, [p for p, _ in annotated])
         anchor_id = sequence["images"][anchor]
         mask = self._mask(dict(annotated)[anchor], anchor_id)
         if anchor == position:
-            self._counts["annotated"] += 1
+            record["outcome"] = "annotated"
             return mask.copy()
-        carried = self._carry(sequence, anchor, position, mask, sample.image)
+        carried = self._carry(sequence, anchor, position, mask, sample.image, record=record)
         cam = self._cam.read(sample.id, size)
-        if self.merge == "confident" and cam.scores is None:
-            self._counts["cam without scores"] += 1
-        self._counts["merged"] += 1
+        record["outcome"] = "merged"
+        record["cam_without_scores"] = self.merge == "confident" and cam.scores is None
         score = score_of_label(cam.label, cam.scores, cam.keys) if self.merge == "confident" else None
         return merge(carried, cam.label, self.merge, score, self._thresholds)
 
     def predict(self, samples):
         if self._dataset is None:
             raise RuntimeError("seqmerge: fit() must run before predict()")
-        return [PseudoLabel(self._label(sample)) for sample in samples]
+        labels = []
+        for sample in samples:
+            record: dict = {}
+            labels.append(PseudoLabel(self._label(sample, record)))
+            self._records.put(f"image:{sample.id}", record)
+        return labels
 
     def close(self) -> None:
-        if self._tracker is not None:
-            self._breaks = self._tracker.breaks()
+        self._records.close()
         self._images = self._masks = self._tracker = None
 
     def summary(self) -> dict:
-        """Images per outcome, alignments used, fallbacks taken, problems by id (this run)."""
+        """Images per outcome, alignments used, fallbacks taken, flow chains broken, the
+        ``auto`` choice per sequence, problems by id: over every image of the set, including
+        those an earlier (resumed) run or another torchrun rank labelled."""
+        records = self._records.all()
+        images = [r for k, r in records.items() if k.startswith("image:")]
+        outcomes = Counter(r["outcome"] for r in images)
+        outcomes.update({"cam without scores": sum(bool(r.get("cam_without_scores")) for r in images)})
+        choices = {k.split(":", 1)[1]: r for k, r in sorted(records.items()) if k.startswith("sequence:")}
+        filled = Counter()
+        for r in images:
+            if r.get("filled"):
+                filled[r["alignment"]] += r["filled"]
         return {
-            "images": dict(self._counts),
-            "alignment": dict(self._aligned),
-            "fallbacks": dict(self._fallbacks),
-            "pixels_from_simpler_alignment": dict(self._filled),
-            "flow_breaks": self._tracker.breaks() if self._tracker is not None else self._breaks,
-            "auto": {"flow": sum(c["align"] == "flow" for c in self._choices.values()),
-                     "homography": sum(c["align"] == "homography" for c in self._choices.values()),
-                     "sequences": self._choices} if self.align == "auto" else {},
+            "images": {k: v for k, v in outcomes.items() if v},
+            "alignment": dict(Counter(r["alignment"] for r in images if "alignment" in r)),
+            "fallbacks": dict(Counter(f for r in images for f in r.get("fallbacks", ()))),
+            "pixels_from_simpler_alignment": dict(filled),
+            "flow_breaks": dict(Counter(r["reason"] for k, r in records.items() if k.startswith("break:"))),
+            "auto": {"flow": sum(c["align"] == "flow" for c in choices.values()),
+                     "homography": sum(c["align"] == "homography" for c in choices.values()),
+                     "sequences": choices} if self.align == "auto" else {},
             "cam_thresholds": self._calibration,
             "missing_annotations": self._problems[MISSING],
             "annotation_size_differs": self._problems[BAD_SIZE],
