@@ -19,8 +19,7 @@ import numpy as np
 from plabel_kit import DataError
 from plabel_kit.progress import track
 
-from .sequencing import (connected_groups, medoid, parse_time, pca_per_group, pca_project, split_at_gaps,
-                         subject_links)
+from .sequencing import connected_groups, medoid, parse_time, pca_project, split_at_gaps, subject_links
 
 FORMAT_VERSION = 1
 MISSING_SUBJECT, MISSING_TIME, BAD_TIME = "no subject", "no time", "unreadable time"
@@ -101,11 +100,12 @@ def build_sequences(dataset, embedder, params: dict, progress: bool = True) -> d
 
 def subject_features(features: np.ndarray, row_sets: list[np.ndarray], dims: int, fit: str) -> list[np.ndarray]:
     """Each subject's rows of ``features`` reduced by PCA to ``dims`` (0 = off): fitted on
-    the subject's rows alone (``fit`` "subject", SChISM) or once on all rows ("all")."""
+    the subject's rows alone (``fit`` "subject": SChISM runs its PCA one donor at a time;
+    float32 [len(rows), min(dims, len(rows), D)] each) or once on all rows ("all")."""
     if fit not in PCA_FITS:
         raise ValueError(f"pca_fit must be one of {', '.join(PCA_FITS)}, got {fit!r}")
     if fit == "subject":
-        return pca_per_group(features, row_sets, dims)
+        return [pca_project(features[rows], dims) for rows in row_sets]
     projected = pca_project(features, dims) if len(features) else features
     return [projected[rows] for rows in row_sets]
 

@@ -67,14 +67,6 @@ def pca_project(features: np.ndarray, dims: int) -> np.ndarray:
     return centred @ axes
 
 
-def pca_per_group(features: np.ndarray, groups, dims: int) -> list[np.ndarray]:
-    """``pca_project`` fitted on each group's rows alone (SChISM fits PCA per subject, one
-    donor at a time): features float [N, D], ``groups`` a list of row-index arrays; returns
-    one float32 [len(rows), min(dims, len(rows), D)] array per group, in order."""
-    features = np.asarray(features, dtype=np.float32)
-    return [pca_project(features[np.asarray(rows, dtype=np.int64)], dims) for rows in groups]
-
-
 def window_pairs(n_days: int, window: int) -> list[tuple[int, int]]:
     """Day-index pairs (d1 < d2) in SChISM's order: each window of ``min(window, n_days)``
     consecutive days, its not-yet-seen pairs in order."""
